@@ -1,0 +1,1 @@
+"""The guest init's C sources, shipped as package data (see umlroot/guestinit.py)."""

@@ -1,0 +1,67 @@
+/* umlroot guest init: shared declarations.
+ *
+ * The init is PID 1 of the UML guest. It builds the guest's root (an overlay
+ * of the read-only host over the scratch disk), runs the requested command
+ * as root, relays its stdio through files in the host's run directory, and
+ * reports to the host over the control channel (a UML console, /dev/tty1).
+ */
+#ifndef UMLROOT_INIT_H
+#define UMLROOT_INIT_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* Where init keeps its own mounts inside the guest. CMD runs in a mount
+ * namespace of its own in which this tree is detached. */
+#define UR_DIR "/run/umlroot"
+#define UR_LOWER UR_DIR "/lower"     /* hostfs of host "/", read-only */
+#define UR_SCRATCH UR_DIR "/scratch" /* ext4 on /dev/ubda: upper + work */
+#define UR_IO UR_DIR "/io"           /* hostfs of the host's run dir, rw */
+#define UR_WB UR_DIR "/wb"           /* hostfs of each writeback scope, rw */
+
+#define UR_MAX_ARGS 4096
+#define UR_MAX_ENV 8192
+#define UR_MAX_SCOPES 64
+#define UR_MAX_DISKS 16
+
+struct disk {
+	char dev[16];   /* ubdb, ubdc, ... */
+	char name[256]; /* stable name under /dev/disk/by-umlroot */
+};
+
+/* The request, as the host wrote it to IO/request before boot. */
+struct request {
+	char *argv[UR_MAX_ARGS + 1];
+	char *envp[UR_MAX_ENV + 1];
+	const char *cwd;
+	mode_t umask;
+	int tty_in, tty_out, tty_err; /* host fd 0/1/2 is a terminal */
+	unsigned short rows, cols;
+	int tmpfs_tmp;  /* mount a fresh tmpfs on /tmp */
+	int persistent; /* scratch is a --state file: keep barriers + journal */
+	const char *scopes[UR_MAX_SCOPES];
+	int nscopes;
+	struct timespec t0; /* run start, host clock: later host changes conflict */
+	uid_t host_uid;
+	gid_t host_gid;
+	int verbose;
+	struct disk disks[UR_MAX_DISKS];
+	int ndisks;
+};
+
+/* Control channel (init.c). ctl_say() writes one line to the host. */
+void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A line to the kernel log (the host's run log). */
+void klog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Writeback (writeback.c): apply what changed under each scope to the host.
+ * Returns 0, or -1 after reporting a failure with ctl_say("WBERR ..."). */
+struct wb_summary {
+	unsigned long files, dirs, symlinks, fifos, hardlinks, deleted, metadata_only;
+	unsigned long owners, devices, sockets, xattrs, modebits, conflicts;
+	unsigned long outside; /* changes outside every scope: discarded */
+};
+int writeback(const struct request *req, const char *upper, struct wb_summary *sum);
+
+#endif

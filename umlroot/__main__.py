@@ -1,0 +1,3 @@
+from umlroot.cli import main
+
+main()

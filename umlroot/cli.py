@@ -1,0 +1,80 @@
+"""Command line: `umlroot run`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
+
+Each command parses its options into a frozen dataclass and hands it to the
+module that does the work; this file only translates errors into one line
+on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from umlroot.errors import ExitCode, UmlrootError
+
+_debug = False
+
+
+def report_error(error: UmlrootError) -> None:
+    click.echo(f"umlroot: {error.message}", err=True)
+    if error.details:
+        click.echo(error.details.rstrip("\n"), err=True)
+    if error.hint:
+        click.echo(f"umlroot: hint: {error.hint}", err=True)
+
+
+class UmlrootGroup(click.Group):
+    """Turns UmlrootError (and any unexpected exception) into one line + exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UmlrootError as error:
+            if _debug:
+                traceback.print_exc()
+            report_error(error)
+            ctx.exit(error.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            ctx.exit(ExitCode.SIGNAL_BASE + 2)
+        except Exception as error:  # noqa: BLE001 - last line of defence
+            if _debug:
+                traceback.print_exc()
+            click.echo(f"umlroot: internal error: {type(error).__name__}: {error}", err=True)
+            click.echo("umlroot: hint: rerun with --debug for a traceback", err=True)
+            ctx.exit(ExitCode.UMLROOT)
+
+
+@click.group(cls=UmlrootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and the commands umlroot runs.")
+@click.version_option(package_name="umlroot")
+def main(debug: bool) -> None:
+    """Run a command as real root, without privileges, inside a User Mode Linux kernel."""
+    global _debug
+    _debug = debug
+    if debug:
+        from umlroot import log
+
+        log.enable_debug()
+
+
+def _register_commands() -> None:
+    from umlroot.cli_kernel import doctor_command, kernel_group
+    from umlroot.cli_run import run_command
+    from umlroot.cli_state import state_group
+
+    main.add_command(run_command)
+    main.add_command(kernel_group)
+    main.add_command(doctor_command)
+    main.add_command(state_group)
+
+
+_register_commands()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`umlroot kernel build|info|path` and `umlroot doctor`: options in, module call out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from umlroot.errors import ExitCode
+
+
+@click.group("kernel")
+def kernel_group() -> None:
+    """Build, locate and inspect umlroot's UML kernel."""
+
+
+@kernel_group.command("build")
+@click.option("--source", "source", type=click.Path(path_type=Path),
+              help="Kernel source: an unpacked tree or a .tar.xz/.tar.gz/.tar.zst.")
+@click.option("--suite", help="Debian suite to download linux-source from "
+              "[default: trixie-backports, then sid].")
+@click.option("--mirror", metavar="URI",
+              help="Debian mirror URI [default: the one in this machine's APT sources].")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs "
+              "[default: number of CPUs].")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache has this kernel.")
+@click.option("--keep-tree", is_flag=True, help="Keep the build tree (in the cache's build/).")
+def build_command(source: Path | None, suite: str | None, mirror: str | None,
+                  jobs: int | None, force: bool, keep_tree: bool) -> None:
+    """Build umlroot's kernel from source (once, about 10 minutes) and cache it."""
+    from umlroot.kernel.build import BuildOptions, build_kernel
+
+    options = BuildOptions(source=source, mirror=mirror, jobs=jobs or 0, force=force,
+                           keep_tree=keep_tree)
+    if suite:
+        options = dataclasses.replace(options, suites=(suite,))
+    build_kernel(options)
+
+
+@kernel_group.command("path")
+@click.option("--kernel", type=click.Path(path_type=Path), help="As `umlroot run --kernel`.")
+def path_command(kernel: Path | None) -> None:
+    """Print the path of the kernel `umlroot run` would use."""
+    from umlroot.kernel.select import find_kernel
+
+    click.echo(find_kernel(kernel).path)
+
+
+@kernel_group.command("info")
+@click.option("--kernel", type=click.Path(path_type=Path), help="As `umlroot run --kernel`.")
+@click.option("--probe", is_flag=True, help="Also boot it once and report the time to init.")
+@click.option("--boot-bench", type=click.IntRange(min=1), metavar="N",
+              help="Boot it N times to init=/bin/true and report the median time to init.")
+@click.option("--cpus", type=click.IntRange(min=1, max=8), default=1, show_default=True,
+              help="Guest CPUs for --probe/--boot-bench (more than 1 needs SMP).")
+@click.option("--no-lpj", is_flag=True,
+              help="--boot-bench without the recorded lpj= (measures delay calibration).")
+def info_command(kernel: Path | None, probe: bool, boot_bench: int | None, cpus: int,
+                 no_lpj: bool) -> None:
+    """Show which kernel `umlroot run` will use, and why."""
+    from umlroot.kernel.info import InfoOptions, show_info
+
+    show_info(InfoOptions(kernel=kernel, probe=probe, bench_runs=boot_bench, cpus=cpus,
+                          preset_lpj=not no_lpj))
+
+
+@click.command("doctor")
+def doctor_command() -> None:
+    """Check that this machine can run `umlroot run`; one line per check."""
+    from umlroot.doctor import run_doctor
+
+    ok = run_doctor()
+    raise SystemExit(ExitCode.OK if ok else ExitCode.FAILED)

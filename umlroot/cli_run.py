@@ -1,0 +1,55 @@
+"""`umlroot run [OPTIONS] -- CMD [ARGS...]`."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from umlroot.runner import RunOptions, run
+
+_MEM_RE = re.compile(r"^[1-9][0-9]*[KMG]?$")
+
+
+def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not _MEM_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a size like 512M or 2G")
+    return value
+
+
+@click.command("run", context_settings={"allow_interspersed_args": False,
+                                        "ignore_unknown_options": True})
+@click.option("--mem", default="1G", show_default=True, callback=_check_mem,
+              help="Guest memory (K/M/G suffix). Sparse: only what the guest uses costs host memory.")
+@click.option("--cpus", type=click.IntRange(1, 8), default=None,
+              help="Guest CPUs [default: host CPUs, at most 8; 1 for a kernel without SMP].")
+@click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="UML kernel to boot [default: see `umlroot kernel info`].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop the guest after SECONDS; exit 124, nothing written back.")
+@click.option("--writable", multiple=True, type=click.Path(path_type=Path),
+              help="Also write back changes under this directory (repeatable).")
+@click.option("--no-writeback", is_flag=True,
+              help="Write nothing back to the host; changes are discarded.")
+@click.option("--keep-scratch", is_flag=True,
+              help="Keep the run directory (scratch disk, kernel log) and print where.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the kernel log and a timing breakdown on stderr.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run_command(mem: str, cpus: int | None, kernel: Path | None, timeout: float | None,
+                writable: tuple[Path, ...], no_writeback: bool, keep_scratch: bool,
+                verbose: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND as root (uid 0) inside a UML guest that sees the host's files.
+
+    COMMAND's stdout, stderr, stdin and exit status are its own; changes
+    under the current directory (and --writable dirs) come back to the host.
+    """
+    options = RunOptions(
+        argv=[os.fsencode(arg) for arg in command],
+        mem=mem, cpus=cpus, kernel=kernel, verbose=verbose, timeout=timeout,
+        keep_scratch=keep_scratch, writable=writable, writeback=not no_writeback,
+    )
+    sys.exit(run(options))

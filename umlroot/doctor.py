@@ -1,0 +1,234 @@
+"""`umlroot doctor`: one line per check, OK / WARN / FAIL with a fix hint.
+
+FAIL means `umlroot run` will not work; WARN means it works, slower or with
+less (ptrace mode, no --cpus); INFO is for reading only. Exit 0 only without
+FAIL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import mmap
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from umlroot.errors import UmlrootError
+from umlroot.kernel import probe
+from umlroot.kernel.build import missing_tools
+from umlroot.kernel.select import KernelChoice, find_kernel
+
+# Guest memory `umlroot run` maps from its temp dir by default (plus headroom).
+GUEST_MEMORY_BYTES = 512 * 1024 * 1024
+MIN_NOFILE_HARD = 4096
+
+
+class Status(enum.Enum):
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    INFO = "INFO"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+    def line(self) -> str:
+        text = f"{self.status.value:<4}  {self.name}: {self.detail}"
+        if self.hint and self.status in (Status.FAIL, Status.WARN):
+            text += f"\n      fix: {self.hint}"
+        return text
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info >= (3, 10):
+        return Check("python", Status.OK, version)
+    return Check("python", Status.FAIL, f"{version} is older than 3.10",
+                 "use Python 3.10 or newer")
+
+
+def find_kernel_check() -> tuple[Check, KernelChoice | None]:
+    try:
+        choice = find_kernel()
+    except UmlrootError as error:
+        return Check("kernel", Status.FAIL, error.message, error.hint), None
+    return Check("kernel", Status.OK,
+                 f"{choice.path} ({choice.version or 'unknown version'}; {choice.reason})"), choice
+
+
+def boot_checks(choice: KernelChoice) -> list[Check]:
+    """Boot the kernel in seccomp mode; if that cannot start, in ptrace mode.
+
+    With a recorded lpj= the boot is timed as `umlroot run` boots (no delay
+    calibration); the first doctor run calibrates and records it.
+    """
+    lpj = probe.preset_lpj(choice.path)
+    seccomp = probe.probe(choice.path, probe.ProbeSettings(seccomp=True, lpj=lpj),
+                          use_cache=False)
+    if seccomp.ok:
+        return [Check("kernel boots", Status.OK, seccomp.explain()),
+                Check("seccomp mode", Status.OK, "usable (about 3x cheaper guest syscalls)")]
+    ptrace = probe.probe(choice.path, probe.ProbeSettings(lpj=lpj), use_cache=False)
+    if not ptrace.ok:
+        hint = "run `umlroot kernel build`" if ptrace.status is probe.ProbeStatus.FP_REGS \
+            else "run `umlroot --debug kernel info --probe` to see the kernel's output"
+        return [Check("kernel boots", Status.FAIL, f"{choice.path} {ptrace.explain()}", hint)]
+    return [Check("kernel boots", Status.OK, f"{ptrace.explain()} (ptrace mode)"),
+            Check("seccomp mode", Status.WARN, seccomp.explain(),
+                  "a kernel >= 6.16 (`umlroot kernel build`) on a host that allows seccomp "
+                  "filters; umlroot falls back to ptrace mode")]
+
+
+def check_guest_init() -> Check:
+    name = "C compiler + static libc"
+    try:
+        guestinit = importlib.import_module("umlroot.guestinit")
+    except ImportError:
+        guestinit = None
+    try:
+        if guestinit is not None and hasattr(guestinit, "build_guest_init"):
+            built = guestinit.build_guest_init()
+            return Check(name, Status.OK, f"guest init built: {built}")
+        return compile_static_probe(name)
+    except UmlrootError as error:
+        return Check(name, Status.FAIL, error.message,
+                     error.hint or "install gcc and static libc (Debian: gcc libc6-dev)")
+    except Exception as error:  # noqa: BLE001 - doctor reports, it does not crash
+        return Check(name, Status.FAIL, f"building the guest init failed: "
+                     f"{type(error).__name__}: {error}", "rerun with --debug")
+
+
+def compile_static_probe(name: str) -> Check:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return Check(name, Status.FAIL, "no C compiler", "install gcc (Debian: gcc libc6-dev)")
+    with tempfile.TemporaryDirectory(prefix="umlroot-doctor-") as tmp:
+        src = Path(tmp) / "t.c"
+        src.write_text("int main(void) { return 0; }\n")
+        done = subprocess.run([cc, "-static", "-o", str(Path(tmp) / "t"), str(src)],
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return Check(name, Status.FAIL, f"{cc} -static fails: {done.stderr.strip()[-200:]}",
+                     "install static libc (Debian: libc6-dev)")
+    return Check(name, Status.OK, f"{cc} links static programs")
+
+
+def check_build_tools(have_kernel: bool) -> Check:
+    missing = missing_tools()
+    if not missing:
+        return Check("kernel build tools", Status.OK, "gcc make flex bison bc xz tar")
+    # Only `umlroot kernel build` needs them: with a kernel at hand this is a warning.
+    return Check("kernel build tools", Status.WARN if have_kernel else Status.FAIL,
+                 f"missing: {' '.join(missing)}",
+                 "Debian: apt-get install gcc make flex bison bc xz-utils libc6-dev")
+
+
+def uml_temp_dir() -> Path:
+    """Where UML maps its memory file, by its own rule: $TMPDIR/$TEMP/$TMP, /dev/shm, /tmp."""
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(var)
+        if value:
+            return Path(value)
+    if Path("/dev/shm").is_dir():
+        return Path("/dev/shm")
+    return Path("/tmp")
+
+
+def exec_mmap_works(directory: Path) -> str | None:
+    """None if a file there can be mapped PROT_EXEC (noexec mounts refuse), else why not."""
+    try:
+        with tempfile.TemporaryFile(dir=directory) as handle:
+            handle.truncate(mmap.PAGESIZE)
+            mapping = mmap.mmap(handle.fileno(), mmap.PAGESIZE, flags=mmap.MAP_SHARED,
+                                prot=mmap.PROT_READ | mmap.PROT_EXEC)
+            mapping.close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_temp_dir(directory: Path | None = None) -> Check:
+    directory = directory or uml_temp_dir()
+    name = "guest memory dir"
+    problem = exec_mmap_works(directory)
+    if problem is not None:
+        return Check(name, Status.FAIL, f"{directory}: cannot map a file executable: {problem}",
+                     "set TMPDIR to a directory on a filesystem mounted with exec "
+                     "(tmpfs preferred)")
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    detail = f"{directory}: exec mmap works, {free // 2**20} MiB free"
+    if free < GUEST_MEMORY_BYTES:
+        return Check(name, Status.WARN, detail + f" (guest memory needs "
+                     f"{GUEST_MEMORY_BYTES // 2**20} MiB)",
+                     "free space there, or point TMPDIR at a bigger exec-capable directory")
+    return Check(name, Status.OK, detail)
+
+
+def check_nofile() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    detail = f"soft {soft}, hard {hard_text} (umlroot raises soft to hard)"
+    if hard != resource.RLIM_INFINITY and hard < MIN_NOFILE_HARD:
+        return Check("open files limit", Status.WARN, detail,
+                     f"raise the hard RLIMIT_NOFILE to >= {MIN_NOFILE_HARD} (limits.conf): "
+                     "hostfs holds one host fd per open guest file")
+    return Check("open files limit", Status.OK, detail)
+
+
+def check_cpu() -> Check:
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["xsave", "avx", "avx2", "avx512f", "amx_tile"]
+    present = [f for f in wanted if f in flags] or ["none of " + " ".join(wanted)]
+    note = " (UML < 6.13 cannot run here)" if {"avx512f", "amx_tile"} & flags else ""
+    return Check("CPU XSAVE features", Status.INFO, " ".join(present) + note)
+
+
+def collect(echo: Callable[[Check], None]) -> list[Check]:
+    checks = []
+
+    def add(check: Check) -> None:
+        checks.append(check)
+        echo(check)
+
+    add(check_python())
+    kernel, choice = find_kernel_check()
+    add(kernel)
+    if choice is not None:
+        for check in boot_checks(choice):
+            add(check)
+    add(check_guest_init())
+    add(check_build_tools(choice is not None))
+    add(check_temp_dir())
+    add(check_nofile())
+    add(check_cpu())
+    return checks
+
+
+def run_doctor() -> bool:
+    checks = collect(lambda check: click.echo(check.line()))
+    failed = [c.name for c in checks if c.status is Status.FAIL]
+    if failed:
+        click.echo(f"umlroot run will not work: fix {', '.join(failed)}", err=True)
+    return not failed

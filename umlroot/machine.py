@@ -1,0 +1,146 @@
+"""Starting and stopping one UML kernel process.
+
+This module only knows how to turn a MachineSpec into a command line and a
+running process, and how to make sure that process is gone afterwards; what
+runs inside is the session's business.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from umlroot import log
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@dataclass(frozen=True)
+class UbdDisk:
+    """A host file the guest sees as /dev/ubd<letter>."""
+
+    path: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    kernel: Path
+    init: Path
+    run_dir: Path
+    disks: Sequence[UbdDisk]  # disks[0] is the scratch disk (ubda)
+    mem: str = "1G"
+    cpus: int = 1
+    seccomp: bool = True
+    quiet: bool = True
+    extra: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ChannelFds:
+    """Host fds the UML process inherits for the control console (con1)."""
+
+    guest_reads: int
+    guest_writes: int
+
+
+def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
+    """The UML command line, as a list: each element one argv entry."""
+    argv = [
+        str(spec.kernel),
+        f"mem={spec.mem}",
+        # The root is hostfs of the host's "/", read-only; init comes from it.
+        "rootfstype=hostfs", "rootflags=/", "ro", f"init={spec.init}",
+        # Kernel console to the run log (UML's stdout), control on con1,
+        # every other console and serial line unconnected.
+        "con=null", "con0=null,fd:1", f"con1=fd:{channel.guest_reads},fd:{channel.guest_writes}",
+        "ssl=null", "console=tty0",
+        # Paths travel hex-encoded: the kernel command line splits on spaces.
+        f"umlroot_run={os.fsencode(spec.run_dir).hex()}",
+    ]
+    if spec.seccomp:
+        argv.append("seccomp=on")
+        if spec.cpus > 1:
+            argv.append(f"ncpus={spec.cpus}")
+    if spec.quiet:
+        argv.append("quiet")
+    for index, disk in enumerate(spec.disks):
+        argv.append(f"ubd{index}{'r' if disk.read_only else ''}={disk.path}")
+    argv.extend(spec.extra)
+    return argv
+
+
+def _uml_environment() -> dict[str, str]:
+    """UML maps guest memory from a file in $TMPDIR if set, else /dev/shm.
+    A TMPDIR on disk would page guest memory out to disk: let UML pick
+    /dev/shm (it checks that exec mappings work there)."""
+    env = dict(os.environ)
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        env.pop(name, None)
+    memdir = os.environ.get("UMLROOT_MEMDIR")
+    if memdir:
+        env["TMPDIR"] = memdir
+    return env
+
+
+def raise_nofile_limit() -> None:
+    """hostfs holds one host fd per open guest file: without this, a guest
+    `chown -R` over a few thousand files fails with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _die_with_parent() -> None:
+    # If umlroot is killed outright, the kernel kills UML too: no leftovers.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Machine:
+    """One running UML process, in its own process group."""
+
+    def __init__(self, spec: MachineSpec, channel: ChannelFds, log_file: Path) -> None:
+        self.argv = kernel_command_line(spec, channel)
+        log.show_command(self.argv)
+        with open(log_file, "ab") as log_out, open(os.devnull, "rb") as devnull:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
+                pass_fds=(channel.guest_reads, channel.guest_writes),
+                env=_uml_environment(),
+                # Own session: a Ctrl-C on the user's terminal reaches umlroot
+                # (which forwards it to CMD), never UML itself.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """Kill UML and every host process it made (its process group)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        # Stub processes that left the group (none known) would still die
+        # of PDEATHSIG; reap nothing else here.

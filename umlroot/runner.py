@@ -1,0 +1,231 @@
+"""`umlroot run`: from options to CMD's exit status.
+
+One function per phase, in order: find the kernel and init, make the run
+directory (request, output files, scratch disk), start UML, drive the
+session, turn the result into an exit status. Everything temporary is
+owned by an ExitStack, so Ctrl-C, a timeout or a guest panic leave no
+process, file or raw terminal behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from umlroot import log
+from umlroot.errors import ExitCode, UmlrootError
+from umlroot.guestinit import build_guest_init
+from umlroot.machine import ChannelFds, Machine, MachineSpec, UbdDisk, raise_nofile_limit
+from umlroot.request import DiskLink, Request, TtyFlags
+from umlroot.scratch import create_scratch
+from umlroot.session import ControlChannel, Outcome, Result, Session, SessionConfig
+from umlroot.terminal import raw_mode, window_size
+
+LOG_TAIL_LINES = 15
+_SAFE_PATH_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    argv: Sequence[bytes]
+    mem: str = "1G"
+    cpus: int | None = None
+    kernel: Path | None = None
+    verbose: bool = False
+    timeout: float | None = None
+    keep_scratch: bool = False
+    writable: Sequence[Path] = ()
+    writeback: bool = True
+    state: Path | None = None
+    state_wait: bool = True
+    disks: Sequence[str] = field(default_factory=tuple)
+
+
+def default_cpus(kernel_smp: bool) -> int:
+    if not kernel_smp:
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _run_dir_parent() -> Path:
+    """TMPDIR if its path can travel on the UML command line, else /tmp."""
+    candidate = Path(tempfile.gettempdir())
+    if set(str(candidate)) <= _SAFE_PATH_CHARS:
+        return candidate
+    return Path("/tmp")
+
+
+@contextlib.contextmanager
+def run_directory(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="umlroot-", dir=_run_dir_parent()))
+    try:
+        yield path
+    finally:
+        if keep:
+            log.say(f"kept the run directory (scratch disk, logs): {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_under(path: bytes, top: bytes) -> bool:
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")
+
+
+def writeback_scopes(options: RunOptions, cwd: bytes) -> list[bytes]:
+    if not options.writeback:
+        return []
+    scopes = [cwd]
+    for extra in options.writable:
+        resolved = os.path.realpath(os.fsencode(extra))
+        if not os.path.isdir(resolved):
+            raise UmlrootError(f"--writable {extra}: not a directory",
+                               exit_code=ExitCode.UMLROOT)
+        scopes.append(resolved)
+    # A scope inside another adds nothing.
+    unique: list[bytes] = []
+    for scope in sorted(set(scopes), key=len):
+        if not any(_is_under(scope, kept) for kept in unique):
+            unique.append(scope)
+    return unique
+
+
+def build_request(options: RunOptions, tty: TtyFlags, scopes: Sequence[bytes],
+                  disks: Sequence[DiskLink], persistent: bool) -> Request:
+    cwd = os.fsencode(os.getcwd())
+    env = dict(os.environb)
+    env[b"UMLROOT"] = b"1"
+    umask = os.umask(0)
+    os.umask(umask)
+    needs_host_tmp = any(_is_under(p, b"/tmp") for p in (cwd, *scopes))
+    return Request(
+        argv=options.argv, env=env, cwd=cwd, umask=umask, tty=tty,
+        winsize=window_size(1) if tty.stdout else None,
+        tmpfs_tmp=not needs_host_tmp,
+        persistent=persistent,
+        scopes=scopes, start_ns=time.time_ns(),
+        host_uid=os.getuid(), host_gid=os.getgid(),
+        verbose=options.verbose, disks=disks,
+    )
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = text.rstrip("\n").splitlines()[-lines:]
+    return "\n".join(f"  | {line}" for line in tail)
+
+
+def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | None) -> int:
+    """Map the session's result to umlroot's exit status, explaining failures."""
+    if result.killed_by is not None:
+        return ExitCode.SIGNAL_BASE + result.killed_by
+    if result.timed_out:
+        log.say(f"timed out after {timeout:g} s; the guest was stopped and nothing written back")
+        return ExitCode.TIMEOUT
+    if result.boot_error is not None:
+        raise UmlrootError(f"the guest failed to start: {result.boot_error}",
+                           details=log_tail(log_file),
+                           hint=f"full kernel log: rerun with --keep-scratch or --verbose")
+    if result.outcome is None:
+        raise UmlrootError("the guest crashed while running the command",
+                           details=log_tail(log_file))
+    if not result.done:
+        raise UmlrootError("the guest crashed after the command finished (during writeback)",
+                           details=log_tail(log_file))
+    if result.outcome is Outcome.EXITED:
+        return result.value
+    if result.outcome is Outcome.SIGNALED:
+        return ExitCode.SIGNAL_BASE + result.value
+    if result.outcome is Outcome.NOT_FOUND:
+        log.say(f"{argv0}: command not found")
+        return ExitCode.NOT_FOUND
+    if result.outcome is Outcome.NOT_EXECUTABLE:
+        log.say(f"{argv0}: cannot execute: {os.strerror(result.value)}")
+        return ExitCode.CANNOT_EXECUTE
+    log.say(f"cannot enter the working directory {os.getcwd()} in the guest: "
+            f"{os.strerror(result.value)}")
+    return ExitCode.UMLROOT
+
+
+def _show_phases(result: Result, scratch_s: float) -> None:
+    phases = result.phases
+    parts = [f"scratch {scratch_s * 1000:.0f} ms"]
+    previous = scratch_s
+    for name, label in (("ready", "boot to READY"), ("command", "command"),
+                        ("writeback", "writeback"), ("exited", "shutdown")):
+        if name in phases:
+            parts.append(f"{label} {(phases[name] - previous) * 1000:.0f} ms")
+            previous = phases[name]
+    if "guest_init_at" in phases:
+        parts.append(f"(kernel reached init at {phases['guest_init_at'] * 1000:.0f} ms uptime)")
+    log.say("timing: " + ", ".join(parts))
+
+
+def run(options: RunOptions) -> int:
+    from umlroot.kernel.select import find_kernel
+
+    if not options.argv:
+        raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
+    kernel = find_kernel(options.kernel)
+    init = build_guest_init()
+    cpus = options.cpus or default_cpus(kernel.smp)
+    if cpus > 1 and not kernel.smp:
+        log.warn(f"{kernel.path} has no SMP support; using 1 CPU")
+        cpus = 1
+    raise_nofile_limit()
+    tty = TtyFlags.of_process()
+    cwd = os.fsencode(os.getcwd())
+    scopes = writeback_scopes(options, cwd)
+
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        run_dir = stack.enter_context(run_directory(options.keep_scratch))
+        log_file = run_dir / "console.log"
+        scratch = run_dir / "scratch.img"
+        create_scratch(scratch)
+        scratch_s = time.monotonic() - started
+        request = build_request(options, tty, scopes, disks=(), persistent=False)
+        (run_dir / "request").write_bytes(request.encode())
+        for name in ("out.1", "out.2"):
+            (run_dir / name).touch()
+
+        guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
+        host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
+        spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
+                           disks=[UbdDisk(scratch)], mem=options.mem, cpus=cpus,
+                           quiet=not options.verbose)
+        try:
+            machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
+        finally:
+            # The guest's ends live on in UML only: when UML exits, we see EOF.
+            os.close(guest_reads)
+            os.close(guest_writes)
+        stack.callback(os.close, host_reads)
+        stack.callback(os.close, host_writes)
+        stack.callback(machine.kill)
+        os.set_blocking(host_writes, True)
+
+        if tty.interactive:
+            stack.enter_context(raw_mode(0))
+        config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
+                               pty_to_stdout=tty.stdout, timeout=options.timeout)
+        session = Session(config, machine, ControlChannel(host_reads, host_writes), started)
+        result = session.run()
+        if result.done:
+            machine.wait(10)
+            session.mark("exited")
+        if options.verbose:
+            sys.stderr.write(log_file.read_text(errors="replace"))
+            _show_phases(result, scratch_s)
+        argv0 = os.fsdecode(options.argv[0])
+        return exit_status(result, argv0, log_file, options.timeout)

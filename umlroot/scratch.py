@@ -1,0 +1,49 @@
+"""The scratch disk: a sparse ext4 image that holds the overlay's upper layer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from umlroot import log
+from umlroot.errors import UmlrootError
+
+# Sparse: the host only stores what the guest writes.
+SCRATCH_SIZE = 64 << 30
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def find_tool(name: str) -> str | None:
+    """Find a tool on PATH or in the sbin directories (not on a user's PATH
+    on Debian, where mkfs.ext4 lives)."""
+    found = shutil.which(name)
+    if found is None:
+        found = shutil.which(name, path=_SBIN)
+    return found
+
+
+def format_ext4(image: Path, size: int, *, journal: bool) -> None:
+    """Create `image` as a sparse file of `size` bytes holding a fresh ext4.
+
+    Measured here: ~10 ms on the host with lazy init, whatever the size,
+    against hundreds of ms of guest syscalls for mkfs inside UML.
+    """
+    mkfs = find_tool("mkfs.ext4")
+    if mkfs is None:
+        raise UmlrootError("mkfs.ext4 not found", hint="install e2fsprogs")
+    with open(image, "wb") as f:
+        f.truncate(size)
+    features = [] if journal else ["-O", "^has_journal"]
+    argv = [mkfs, "-q", "-F", "-m", "0", *features,
+            "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(image)]
+    log.show_command(argv)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UmlrootError(
+            f"mkfs.ext4 failed with status {result.returncode}: {result.stderr.strip()}")
+
+
+def create_scratch(image: Path) -> None:
+    """A throwaway scratch disk: no journal (a crash discards it anyway)."""
+    format_ext4(image, SCRATCH_SIZE, journal=False)
