@@ -34,13 +34,21 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               help="Also write back changes under this directory (repeatable).")
 @click.option("--no-writeback", is_flag=True,
               help="Write nothing back to the host; changes are discarded.")
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep the guest's changes (owners, device nodes, xattrs) in FILE between runs.")
+@click.option("--no-wait", is_flag=True,
+              help="With --state: fail at once if another run is using FILE, instead of waiting.")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[:SIZE][:ro][:name=NAME]",
+              help="Attach a host file as a guest block device, /dev/disk/by-umlroot/NAME "
+                   "(repeatable, up to 15). SIZE creates or grows it, sparse.")
 @click.option("--keep-scratch", is_flag=True,
               help="Keep the run directory (scratch disk, kernel log) and print where.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the kernel log and a timing breakdown on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run_command(mem: str, cpus: int | None, kernel: Path | None, timeout: float | None,
-                writable: tuple[Path, ...], no_writeback: bool, keep_scratch: bool,
+                writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
+                no_wait: bool, disks: tuple[str, ...], keep_scratch: bool,
                 verbose: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as root (uid 0) inside a UML guest that sees the host's files.
 
@@ -51,5 +59,6 @@ def run_command(mem: str, cpus: int | None, kernel: Path | None, timeout: float 
         argv=[os.fsencode(arg) for arg in command],
         mem=mem, cpus=cpus, kernel=kernel, verbose=verbose, timeout=timeout,
         keep_scratch=keep_scratch, writable=writable, writeback=not no_writeback,
+        state=state, state_wait=not no_wait, disks=disks,
     )
     sys.exit(run(options))

@@ -24,7 +24,10 @@ from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
 from umlroot.machine import ChannelFds, Machine, MachineSpec, UbdDisk, raise_nofile_limit
 from umlroot.request import DiskLink, Request, TtyFlags
+from umlroot.disks import prepare_disks
 from umlroot.scratch import create_scratch
+from umlroot.state import open_state
+from umlroot.writeback import report_writeback
 from umlroot.session import ControlChannel, Outcome, Result, Session, SessionConfig
 from umlroot.terminal import raw_mode, window_size
 
@@ -98,9 +101,11 @@ def writeback_scopes(options: RunOptions, cwd: bytes) -> list[bytes]:
 
 
 def build_request(options: RunOptions, tty: TtyFlags, scopes: Sequence[bytes],
-                  disks: Sequence[DiskLink], persistent: bool) -> Request:
+                  disks: Sequence[DiskLink], persistent: bool,
+                  extra_env: dict[bytes, bytes]) -> Request:
     cwd = os.fsencode(os.getcwd())
     env = dict(os.environb)
+    env.update(extra_env)
     env[b"UMLROOT"] = b"1"
     umask = os.umask(0)
     os.umask(umask)
@@ -191,10 +196,15 @@ def run(options: RunOptions) -> int:
     with contextlib.ExitStack() as stack:
         run_dir = stack.enter_context(run_directory(options.keep_scratch))
         log_file = run_dir / "console.log"
-        scratch = run_dir / "scratch.img"
-        create_scratch(scratch)
+        if options.state is not None:
+            scratch = stack.enter_context(open_state(options.state, wait=options.state_wait))
+        else:
+            scratch = run_dir / "scratch.img"
+            create_scratch(scratch)
         scratch_s = time.monotonic() - started
-        request = build_request(options, tty, scopes, disks=(), persistent=False)
+        disks = prepare_disks(options.disks, run_dir)
+        request = build_request(options, tty, scopes, disks=disks.links,
+                                persistent=options.state is not None, extra_env=disks.env)
         (run_dir / "request").write_bytes(request.encode())
         for name in ("out.1", "out.2"):
             (run_dir / name).touch()
@@ -202,8 +212,8 @@ def run(options: RunOptions) -> int:
         guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
         host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
-                           disks=[UbdDisk(scratch)], mem=options.mem, cpus=cpus,
-                           quiet=not options.verbose)
+                           disks=[UbdDisk(scratch), *disks.ubd], mem=options.mem, cpus=cpus,
+                           quiet=not options.verbose, extra=kernel.boot_args)
         try:
             machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
         finally:
@@ -222,10 +232,15 @@ def run(options: RunOptions) -> int:
         session = Session(config, machine, ControlChannel(host_reads, host_writes), started)
         result = session.run()
         if result.done:
-            machine.wait(10)
+            # The init has synced every filesystem (UBD and hostfs writes
+            # are host writes by then): nothing is lost by not waiting for
+            # UML's own shutdown, which takes 100-200 ms of timer ticks.
+            machine.kill()
             session.mark("exited")
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
         argv0 = os.fsdecode(options.argv[0])
-        return exit_status(result, argv0, log_file, options.timeout)
+        status = exit_status(result, argv0, log_file, options.timeout)
+        report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
+        return status

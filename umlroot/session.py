@@ -42,8 +42,10 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 
 READ_CHUNK = 1 << 20
 STDIN_CHUNK = 4 << 20  # the init's stdin buffer is 4 MiB
-STDIN_CHUNKS_IN_FLIGHT = 2
+STDIN_CHUNKS_IN_FLIGHT = 8
 ACK_EVERY = 4 << 20
+STREAM_WAIT = 0.002
+OUTPUT_BATCH_WAIT = 0.002
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # After this many forwarded signals, stop asking: kill the guest.
 SIGNALS_BEFORE_KILL = 3
@@ -159,7 +161,11 @@ class StdinSpool:
                 self.eof = True
                 break
             data += piece
-            ready, _, _ = select.select([self.fd], [], [], 0)
+            # A full pipe read means a writer is streaming: wait a moment
+            # for more rather than send many small chunks (each costs the
+            # guest a file open and a round trip).
+            wait = STREAM_WAIT if len(piece) >= 65536 else 0
+            ready, _, _ = select.select([self.fd], [], [], wait)
             if not ready:
                 break
         if not data:
@@ -362,6 +368,10 @@ class Session:
                 if self.result.killed_by is not None:
                     return
             if self.watch.fileno() in ready:
+                # Each 4 KiB the guest writes is an inotify event: when output
+                # streams, let it pile up a little instead of waking for each
+                # (we share two cores with UML).
+                time.sleep(OUTPUT_BATCH_WAIT)
                 self.watch.drain()
             self._pump_outputs()
             if self.stdin.fd in ready:

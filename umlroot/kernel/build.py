@@ -125,10 +125,10 @@ class Progress:
         if words[0] == "CC":
             self.compiled += 1
             self._show()
-        elif words[0] in ("LINK", "LD") and words[-1] in ("linux", "vmlinux"):
-            if not self.linking:
-                self.linking = True
-                self._emit("linking", final=True)
+        elif words[0] in ("LINK", "LD") and words[-1] in ("linux", "vmlinux") \
+                and not self.linking:
+            self.linking = True
+            self._emit("linking", final=True)
 
     def _percent(self) -> int:
         # An estimate: never claim 100% before make is done.
@@ -282,11 +282,12 @@ def build_kernel(options: BuildOptions) -> BuildResult:
     text = fragment.fragment_text()
     frag_options = fragment.parse_fragment(text)
     frag_hash = fragment.fragment_hash(text)
-    plan = plan_source(options)
-    if plan.version is not None:
-        for warning in check_buildable(plan.version):
-            log.warn(warning)
+    # Planning runs under the lock too: it shares the private APT state in the cache.
     with exclusive_lock(store.lock_path(), what="another kernel build", say=log.say):
+        plan = plan_source(options)
+        if plan.version is not None:
+            for warning in check_buildable(plan.version):
+                log.warn(warning)
         existing = up_to_date(plan, frag_hash)
         if existing is not None and not options.force:
             log.say(f"kernel {existing.record.version} from {plan.description} with this "

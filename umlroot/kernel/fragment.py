@@ -87,8 +87,8 @@ def unmet(options: list[Option], config: dict[str, str]) -> list[str]:
             if actual is not None and actual != "n":
                 problems.append(f"{option.name}: fragment says not set, .config has {actual}")
         elif actual != option.value:
-            problems.append(f"{option.name}: fragment says {option.value}, "
-                            f".config has {'nothing (dropped by Kconfig)' if actual is None else actual}")
+            found = "nothing (dropped by Kconfig)" if actual is None else actual
+            problems.append(f"{option.name}: fragment says {option.value}, .config has {found}")
     return problems
 
 

@@ -102,7 +102,7 @@ def system_candidates() -> list[Path]:
 
 def from_system() -> tuple[KernelChoice | None, list[str]]:
     """The first distro kernel that boots here; else the reasons the others do not."""
-    refusals = []
+    refusals: list[str] = []
     for path in system_candidates():
         result = probe.probe(path)
         if result.ok:

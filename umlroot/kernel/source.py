@@ -222,24 +222,35 @@ class PrivateApt:
             opts["APT::Sandbox::User"] = "root"
         return [arg for key, value in opts.items() for arg in ("-o", f"{key}={value}")]
 
-    def run(self, tool: str, args: Sequence[str], *, cwd: Path | None = None) -> str:
+    def update(self) -> None:
+        """`apt-get update`, which exits 0 even when the mirror is unreachable: look."""
+        output = self.run("apt-get", ["-q", "update"], merge_stderr=True)
+        for line in output.splitlines():
+            if line.startswith(("Err:", "W: Failed to fetch", "E: ")):
+                raise UmlrootError(f"apt-get update of {self.suite} failed: {line.strip()}",
+                                   hint="check the network or pass --mirror URI or --source",
+                                   exit_code=ExitCode.FAILED)
+
+    def run(self, tool: str, args: Sequence[str], *, cwd: Path | None = None,
+            merge_stderr: bool = False) -> str:
         argv = [tool, *self.options(), *args]
         log.show_command(argv)
         try:
             done = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, check=False)
+                                  stdout=subprocess.PIPE, text=True, check=False,
+                                  stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
         except FileNotFoundError as e:
             raise UmlrootError(f"{tool} not found: cannot download a kernel source",
                                hint="use --source DIR|TARBALL", exit_code=ExitCode.FAILED) from e
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            last = ((done.stderr or done.stdout).strip().splitlines() or ["(no output)"])[-1]
             raise UmlrootError(f"{tool} {args[0]} failed (exit {done.returncode}): {last}",
                                hint="check the network or pass --mirror URI or --source",
                                exit_code=ExitCode.FAILED)
         return done.stdout
 
     def newest_source_package(self) -> DebianPackage | None:
-        self.run("apt-get", ["-q", "update"])
+        self.update()
         names = self.run("apt-cache", ["search", "--names-only", "^linux-source-[0-9.]+$"])
         packages = []
         for line in names.splitlines():

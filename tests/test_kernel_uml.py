@@ -1,0 +1,51 @@
+"""Boot the kernel umlroot would use (marked `uml`; skipped where none is found)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from umlroot.errors import UmlrootError
+from umlroot.kernel import probe
+from umlroot.kernel.select import KernelChoice, find_kernel
+
+pytestmark = pytest.mark.uml
+
+
+@pytest.fixture(scope="module")
+def kernel() -> KernelChoice:
+    try:
+        return find_kernel()
+    except UmlrootError as error:
+        pytest.skip(f"no UML kernel: {error.message} (run `umlroot kernel build`)")
+
+
+def test_boots_in_seccomp_mode(kernel: KernelChoice) -> None:
+    result, _ = probe.boot_probe(kernel.path, probe.ProbeSettings(seccomp=True))
+    assert result.ok, result.explain()
+    assert result.uptime is not None and result.lpj
+
+
+def test_boots_fast_with_preset_lpj(kernel: KernelChoice) -> None:
+    lpj = probe.preset_lpj(kernel.path) or probe.boot_probe(kernel.path)[0].lpj
+    bench = probe.boot_bench(kernel.path, 5, probe.ProbeSettings(seccomp=True, lpj=lpj))
+    # Issue 2's target is 150 ms (median of 10); leave room for a loaded CI machine.
+    assert sorted(bench.uptimes)[2] <= 0.3, bench.summary()
+
+
+def test_smp_boots_with_two_cpus(kernel: KernelChoice) -> None:
+    if not kernel.smp:
+        pytest.skip("kernel without CONFIG_SMP")
+    result, _ = probe.boot_probe(kernel.path, probe.ProbeSettings(seccomp=True, cpus=2))
+    assert result.ok, result.explain()
+
+
+def test_distro_kernel_fp_problem_is_named() -> None:
+    distro = Path("/usr/bin/linux.uml")
+    if not distro.exists():
+        pytest.skip("Debian's user-mode-linux is not installed")
+    result, _ = probe.boot_probe(distro)
+    if result.ok:
+        pytest.skip("this distro kernel boots here (>= 6.13, or a CPU without AVX-512/AMX)")
+    assert result.status is probe.ProbeStatus.FP_REGS, result.explain()
