@@ -52,7 +52,7 @@ class UmlrootGroup(click.Group):
 @click.group(cls=UmlrootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and the commands umlroot runs.")
 @click.version_option(package_name="umlroot")
-def main(debug: bool) -> None:
+def cli(debug: bool) -> None:
     """Run a command as real root, without privileges, inside a User Mode Linux kernel."""
     global _debug
     _debug = debug
@@ -67,14 +67,32 @@ def _register_commands() -> None:
     from umlroot.cli_run import run_command
     from umlroot.cli_state import state_group
 
-    main.add_command(run_command)
-    main.add_command(kernel_group)
-    main.add_command(doctor_command)
-    main.add_command(state_group)
+    cli.add_command(run_command)
+    cli.add_command(kernel_group)
+    cli.add_command(doctor_command)
+    cli.add_command(state_group)
 
 
 _register_commands()
 
 
+def main() -> None:
+    """Console entry point. Usage errors exit 125, like docker/podman run and
+    env, so that 1-124 and 126-255 stay CMD's own statuses."""
+    try:
+        status = cli.main(standalone_mode=False)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "umlroot"
+        click.echo(f"umlroot: {error.format_message()}", err=True)
+        click.echo(f"umlroot: hint: see `{command} --help`", err=True)
+        sys.exit(ExitCode.UMLROOT)
+    except click.ClickException as error:
+        click.echo(f"umlroot: {error.format_message()}", err=True)
+        sys.exit(ExitCode.UMLROOT)
+    except click.Abort:
+        sys.exit(ExitCode.SIGNAL_BASE + 2)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -100,6 +100,17 @@ def writeback_scopes(options: RunOptions, cwd: bytes) -> list[bytes]:
     return unique
 
 
+_SBIN_DIRS = (b"/usr/local/sbin", b"/usr/sbin", b"/sbin")
+
+
+def root_path(path: bytes) -> bytes:
+    """The host's PATH, plus the sbin directories a root shell has (mkfs.*,
+    sfdisk, losetup live there; Debian leaves them off users' PATH)."""
+    entries = path.split(b":")
+    missing = [d for d in _SBIN_DIRS if d not in entries]
+    return b":".join([*entries, *missing]) if missing else path
+
+
 def build_request(options: RunOptions, tty: TtyFlags, scopes: Sequence[bytes],
                   disks: Sequence[DiskLink], persistent: bool,
                   extra_env: dict[bytes, bytes]) -> Request:
@@ -107,6 +118,7 @@ def build_request(options: RunOptions, tty: TtyFlags, scopes: Sequence[bytes],
     env = dict(os.environb)
     env.update(extra_env)
     env[b"UMLROOT"] = b"1"
+    env[b"PATH"] = root_path(env.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin"))
     umask = os.umask(0)
     os.umask(umask)
     needs_host_tmp = any(_is_under(p, b"/tmp") for p in (cwd, *scopes))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the test suite with the virtualenv that scripts/setup.sh made.
+# Tests marked `uml` boot the real kernel; all of them run here.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${UMLROOT_VENV:-$HOME/.local/share/umlroot-venv}
+export PATH="$venv/bin:$PATH"
+cd "$repo"
+# Import umlroot from the venv (as users get it), not from the checkout.
+export PYTHONSAFEPATH=1
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" tests
