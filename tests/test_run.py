@@ -49,6 +49,8 @@ def assert_no_leftovers(env: dict[str, str]) -> None:
         time.sleep(0.1)
     assert uml_processes(tmpdir) == []
     assert os.listdir(tmpdir) == []
+    # UML's pid file and mconsole socket live in the run directory, never ~/.uml.
+    assert not (Path.home() / ".uml").exists() or os.listdir(Path.home() / ".uml") == []
 
 
 # -- the request: who, where, what --------------------------------------------------

@@ -65,6 +65,9 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
         "ssl=null", "console=tty0",
         # Paths travel hex-encoded: the kernel command line splits on spaces.
         f"umlroot_run={os.fsencode(spec.run_dir).hex()}",
+        # UML's pid file and mconsole socket go in the run directory (removed
+        # after the run), not in ~/.uml, where a killed UML would leave them.
+        f"uml_dir={spec.run_dir}", "umid=uml",
     ]
     if spec.seccomp:
         argv.append("seccomp=on")

@@ -184,7 +184,8 @@ def _show_phases(result: Result, scratch_s: float) -> None:
             parts.append(f"{label} {(phases[name] - previous) * 1000:.0f} ms")
             previous = phases[name]
     if "guest_init_at" in phases:
-        parts.append(f"(kernel reached init at {phases['guest_init_at'] * 1000:.0f} ms uptime)")
+        parts.append(f"(guest uptime: init started at {phases['guest_init_at'] * 1000:.0f} ms, "
+                     f"ready at {phases['guest_ready_at'] * 1000:.0f} ms)")
     log.say("timing: " + ", ".join(parts))
 
 

@@ -336,8 +336,11 @@ class Session:
             self.machine.kill()
             return
         self.mark("ready")
-        if ready_info:
-            self.result.phases["guest_init_at"] = float(ready_info.split()[0]) / 1000
+        times = ready_info.split()
+        if len(times) == 2:
+            # Guest uptime (ms) when init started and when it was ready.
+            self.result.phases["guest_init_at"] = int(times[0]) / 1000
+            self.result.phases["guest_ready_at"] = int(times[1]) / 1000
         for line in self.channel.pending_lines():
             self._handle_line(line)
 
