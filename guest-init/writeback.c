@@ -1,10 +1,925 @@
-/* Placeholder until writeback lands: reports nothing written back. */
+/* Writeback: after CMD exits, apply what changed under each writeback scope
+ * to the host.
+ *
+ * The list of changes is the overlay's upper layer (never a walk of the
+ * whole scope). For each scope, a fresh hostfs mount of just that host
+ * directory goes on UR_WB, so nothing outside it can be written and its
+ * attributes are current (hostfs never revalidates a cached inode).
+ *
+ * Per upper entry (abs path P, host path H = UR_WB + P - scope):
+ *   whiteout (char 0:0)     deleted on the host, in the last phase
+ *   dir                     created if missing; opaque or renamed
+ *                           (trusted.overlay.redirect) dirs are copied
+ *                           whole from the merged view and, last phase,
+ *                           host entries they no longer hold are removed
+ *   regular file            unchanged against the lower (mode, size, mtime)
+ *                           -> nothing; metacopy (data still in the lower
+ *                           at the same path) -> chmod/utimes only; else
+ *                           data copied to a temporary name, then renamed
+ *   symlink, FIFO           created under a temporary name, then renamed
+ *   device, socket, xattrs, owners other than root/the user: counted and
+ *                           named in the report, never written
+ * A host path whose ctime is >= the run's start changed on the host during
+ * the run: it is left alone and reported as a conflict.
+ * Deletions come last: a renamed file's data is read from its old place.
+ *
+ * Report: IO/writeback.report, lines "<kind>\t<path>" (kinds: conflict,
+ * outside, owner, device, socket, xattr, modebits, failed), paths with
+ * '\\' and newline escaped as \\ and \n. Without --verbose each kind is
+ * capped at REPORT_CAP lines.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
 #include "init.h"
+
+#define UR_MERGED UR_DIR "/merged" /* the overlay alone, without submounts */
+#define REPORT_PATH UR_IO "/writeback.report"
+#define REPORT_CAP 20
+#define MAX_DEPTH 200
+#define DIRBUF 16384
+#define COPY_CHUNK (1 << 20)
+#define XATTR_LIST 4096
+#define OVL_PREFIX "trusted.overlay."
+#define DELETIONS_SIZE (4 << 20)
+#define LINKS_SLOTS 8192
+#define LINKS_POOL (1 << 20)
+
+enum kind { K_CONFLICT, K_OUTSIDE, K_OWNER, K_DEVICE, K_SOCKET, K_XATTR, K_MODEBITS,
+	    K_FAILED, K_COUNT };
+static const char *const kind_names[K_COUNT] = {
+	"conflict", "outside", "owner", "device", "socket", "xattr", "modebits", "failed",
+};
+
+/* What llistxattr says about an upper entry. */
+struct ovl_attrs {
+	int metacopy, opaque, redirect, other;
+	char redirect_to[PATH_MAX];
+};
+
+struct wb {
+	const struct request *req;
+	struct wb_summary *sum;
+	const char *scope; /* abs path, host == guest */
+	size_t scope_len;
+	char path[PATH_MAX]; /* abs path of the current entry */
+	size_t len;
+	unsigned long tmp_serial;
+	unsigned reported[K_COUNT];
+};
+
+static char copy_buf[COPY_CHUNK];
+static char report_buf[1 << 16];
+static size_t report_len;
+static int report_fd = -1;
+static char deletions[DELETIONS_SIZE]; /* "w<path>\0" or "p<path>\0" */
+static size_t deletions_len;
+static struct {
+	ino_t ino;
+	unsigned off; /* into links_pool, +1 (0 = empty slot) */
+} links[LINKS_SLOTS];
+static char links_pool[LINKS_POOL];
+static size_t links_pool_len;
+
+/* ---- paths ------------------------------------------------------------------ */
+
+static char pbuf_upper[PATH_MAX + 64], pbuf_lower[PATH_MAX + 64];
+static char pbuf_merged[PATH_MAX + 64], pbuf_host[PATH_MAX + 64];
+
+static const char *join(char *buf, const char *root, const char *path)
+{
+	snprintf(buf, PATH_MAX + 64, "%s%s", root, path);
+	return buf;
+}
+
+static const char *upper_of(const char *p) { return join(pbuf_upper, UR_SCRATCH "/upper", p); }
+static const char *lower_of(const char *p) { return join(pbuf_lower, UR_LOWER, p); }
+static const char *merged_of(const char *p) { return join(pbuf_merged, UR_MERGED, p); }
+
+static const char *host_of(const struct wb *w, const char *p)
+{
+	return join(pbuf_host, UR_WB, p + w->scope_len);
+}
+
+/* Append "/name" to w->path; returns the old length (for path_pop). */
+static int path_push(struct wb *w, const char *name, size_t *old)
+{
+	size_t n = strlen(name);
+	*old = w->len;
+	if (w->len + 1 + n >= sizeof(w->path))
+		return -1;
+	if (w->len == 1 && w->path[0] == '/')
+		w->len = 0; /* the root: no "//" */
+	w->path[w->len++] = '/';
+	memcpy(w->path + w->len, name, n + 1);
+	w->len += n;
+	return 0;
+}
+
+static void path_pop(struct wb *w, size_t old)
+{
+	w->len = old;
+	w->path[old] = '\0';
+	if (old == 0) {
+		w->path[0] = '/';
+		w->path[1] = '\0';
+		w->len = 1;
+	}
+}
+
+static int is_under(const char *path, const char *top, size_t top_len)
+{
+	if (strncmp(path, top, top_len))
+		return 0;
+	return path[top_len] == '\0' || path[top_len] == '/' || (top_len == 1 && top[0] == '/');
+}
+
+/* ---- report ------------------------------------------------------------------- */
+
+static void report_flush(void)
+{
+	if (report_len == 0)
+		return;
+	if (report_fd < 0)
+		report_fd = open(REPORT_PATH, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (report_fd >= 0 && write(report_fd, report_buf, report_len) < 0)
+		klog("write %s: %s\n", REPORT_PATH, strerror(errno));
+	report_len = 0;
+}
+
+static void report_put(char c)
+{
+	if (report_len == sizeof(report_buf))
+		report_flush();
+	report_buf[report_len++] = c;
+}
+
+/* One report line; `detail` (may be NULL) goes before the path. */
+static void report(struct wb *w, enum kind k, const char *detail, const char *path)
+{
+	if (!w->req->verbose && w->reported[k] >= REPORT_CAP)
+		return;
+	w->reported[k]++;
+	for (const char *s = kind_names[k]; *s; s++)
+		report_put(*s);
+	report_put('\t');
+	if (detail) {
+		for (const char *s = detail; *s; s++)
+			report_put(*s);
+		report_put('\t');
+	}
+	for (const char *s = path; *s; s++) {
+		if (*s == '\\' || *s == '\n') {
+			report_put('\\');
+			report_put(*s == '\n' ? 'n' : '\\');
+		} else {
+			report_put(*s);
+		}
+	}
+	report_put('\n');
+}
+
+static void failed(struct wb *w, const char *step, int err, const char *path)
+{
+	char detail[256];
+	snprintf(detail, sizeof(detail), "%s: %s", step, strerror(err));
+	klog("writeback %s %s: %s\n", step, path, strerror(err));
+	w->sum->failed++;
+	report(w, K_FAILED, detail, path);
+}
+
+/* ---- inspecting entries --------------------------------------------------------- */
+
+static int read_ovl_attrs(const char *path, struct ovl_attrs *a)
+{
+	char names[XATTR_LIST];
+	memset(a, 0, offsetof(struct ovl_attrs, redirect_to));
+	a->redirect_to[0] = '\0';
+	ssize_t n = llistxattr(path, names, sizeof(names));
+	if (n < 0)
+		return errno == ENOTSUP ? 0 : -1;
+	for (char *name = names; name < names + n; name += strlen(name) + 1) {
+		if (strncmp(name, OVL_PREFIX, strlen(OVL_PREFIX))) {
+			a->other = 1;
+			continue;
+		}
+		const char *what = name + strlen(OVL_PREFIX);
+		if (!strcmp(what, "metacopy")) {
+			a->metacopy = 1;
+		} else if (!strcmp(what, "opaque")) {
+			char v = 0;
+			if (lgetxattr(path, name, &v, 1) == 1 && v == 'y')
+				a->opaque = 1;
+		} else if (!strcmp(what, "redirect")) {
+			ssize_t r = lgetxattr(path, name, a->redirect_to, sizeof(a->redirect_to) - 1);
+			a->redirect = 1;
+			a->redirect_to[r > 0 ? r : 0] = '\0';
+		}
+	}
+	return 0;
+}
+
+static int is_whiteout(const struct stat *st)
+{
+	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(0, 0);
+}
+
+static int same_time(const struct timespec *a, const struct timespec *b)
+{
+	/* hostfs sets times with microsecond precision. */
+	return a->tv_sec == b->tv_sec && a->tv_nsec / 1000 == b->tv_nsec / 1000;
+}
+
+/* Changed on the host since the run started: keep the host's version. */
+static int conflicts(struct wb *w, const struct stat *host)
+{
+	const struct timespec *t0 = &w->req->t0;
+	if (host->st_ctim.tv_sec > t0->tv_sec ||
+	    (host->st_ctim.tv_sec == t0->tv_sec && host->st_ctim.tv_nsec >= t0->tv_nsec)) {
+		w->sum->conflicts++;
+		report(w, K_CONFLICT, NULL, w->path);
+		return 1;
+	}
+	return 0;
+}
+
+/* Owners the host can hold: root inside is the invoking user outside. An
+ * entry that kept its host owner (`lower`, when known) is no change. */
+static void check_owner(struct wb *w, const struct stat *st, const struct stat *lower)
+{
+	const struct request *r = w->req;
+	int uid_ok = st->st_uid == 0 || st->st_uid == r->host_uid ||
+		     (lower && st->st_uid == lower->st_uid);
+	int gid_ok = st->st_gid == 0 || st->st_gid == r->host_gid ||
+		     (lower && st->st_gid == lower->st_gid);
+	if (!uid_ok || !gid_ok) {
+		char detail[64];
+		snprintf(detail, sizeof(detail), "%u:%u", (unsigned)st->st_uid, (unsigned)st->st_gid);
+		w->sum->owners++;
+		report(w, K_OWNER, detail, w->path);
+	}
+}
+
+/* ---- host operations -------------------------------------------------------------- */
+
+static const char *tmp_name(struct wb *w, char *buf, size_t size, const char *host)
+{
+	const char *slash = strrchr(host, '/');
+	int dir_len = slash ? (int)(slash - host) : 0;
+	snprintf(buf, size, "%.*s/.umlroot-wb.%lu", dir_len, host, ++w->tmp_serial);
+	return buf;
+}
+
+static void set_times(int fd, const char *host, const struct stat *st)
+{
+	struct timespec ts[2] = {st->st_atim, st->st_mtim};
+	if (fd >= 0)
+		futimens(fd, ts);
+	else
+		utimensat(AT_FDCWD, host, ts, AT_SYMLINK_NOFOLLOW);
+}
+
+/* chmod, noting setuid/setgid bits the host refused. */
+static void set_mode(struct wb *w, int fd, const char *host, mode_t mode)
+{
+	int r = fd >= 0 ? fchmod(fd, mode & 07777) : chmod(host, mode & 07777);
+	if (r < 0) {
+		failed(w, "chmod", errno, w->path);
+		return;
+	}
+	if (mode & 06000) {
+		struct stat now;
+		r = fd >= 0 ? fstat(fd, &now) : lstat(host, &now);
+		if (r == 0 && (now.st_mode & 06000) != (mode & 06000)) {
+			w->sum->modebits++;
+			report(w, K_MODEBITS, NULL, w->path);
+		}
+	}
+}
+
+static int copy_data(int in, int out)
+{
+	for (;;) {
+		ssize_t n = read(in, copy_buf, sizeof(copy_buf));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0)
+			return 0;
+		for (ssize_t off = 0; off < n;) {
+			ssize_t m = write(out, copy_buf + off, (size_t)(n - off));
+			if (m < 0) {
+				if (errno == EINTR)
+					continue;
+				return -1;
+			}
+			off += m;
+		}
+	}
+}
+
+/* Write `src`'s data to a temporary name next to `host`, set mode and
+ * times, rename over `host`. */
+static int write_file(struct wb *w, const char *src, const char *host, const struct stat *st)
+{
+	char tmp[PATH_MAX + 64];
+	tmp_name(w, tmp, sizeof(tmp), host);
+	int in = open(src, O_RDONLY | O_CLOEXEC);
+	if (in < 0) {
+		failed(w, "open", errno, w->path);
+		return -1;
+	}
+	int out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (out < 0) {
+		failed(w, "create", errno, w->path);
+		close(in);
+		return -1;
+	}
+	const char *step = NULL;
+	if (copy_data(in, out) < 0)
+		step = "copy";
+	close(in);
+	if (!step) {
+		set_mode(w, out, tmp, st->st_mode);
+		set_times(out, tmp, st);
+	}
+	if (close(out) < 0 && !step)
+		step = "close";
+	if (!step && rename(tmp, host) < 0)
+		step = "rename";
+	if (step) {
+		failed(w, step, errno, w->path);
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+static int link_file(struct wb *w, const char *first, const char *host)
+{
+	char tmp[PATH_MAX + 64];
+	tmp_name(w, tmp, sizeof(tmp), host);
+	if (link(first, tmp) < 0)
+		return -1;
+	if (rename(tmp, host) < 0) {
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+static void make_symlink(struct wb *w, const char *src, const char *host, const struct stat *hs,
+			 int host_exists)
+{
+	char target[PATH_MAX], old[PATH_MAX], tmp[PATH_MAX + 64];
+	ssize_t n = readlink(src, target, sizeof(target) - 1);
+	if (n < 0) {
+		failed(w, "readlink", errno, w->path);
+		return;
+	}
+	target[n] = '\0';
+	if (host_exists && S_ISLNK(hs->st_mode)) {
+		ssize_t m = readlink(host, old, sizeof(old) - 1);
+		if (m == n && !memcmp(old, target, (size_t)n))
+			return;
+	}
+	tmp_name(w, tmp, sizeof(tmp), host);
+	if (symlink(target, tmp) < 0) {
+		failed(w, "symlink", errno, w->path);
+		return;
+	}
+	if (rename(tmp, host) < 0) {
+		failed(w, "rename", errno, w->path);
+		unlink(tmp);
+		return;
+	}
+	w->sum->symlinks++;
+}
+
+static void make_fifo(struct wb *w, const char *host, const struct stat *st,
+		      const struct stat *hs, int host_exists)
+{
+	char tmp[PATH_MAX + 64];
+	if (host_exists && S_ISFIFO(hs->st_mode)) {
+		if ((hs->st_mode & 07777) != (st->st_mode & 07777))
+			set_mode(w, -1, host, st->st_mode);
+		return;
+	}
+	tmp_name(w, tmp, sizeof(tmp), host);
+	if (mknod(tmp, S_IFIFO | (st->st_mode & 07777), 0) < 0) {
+		failed(w, "mkfifo", errno, w->path);
+		return;
+	}
+	if (rename(tmp, host) < 0) {
+		failed(w, "rename", errno, w->path);
+		unlink(tmp);
+		return;
+	}
+	w->sum->fifos++;
+}
+
+/* ---- hard links ---------------------------------------------------------------------- */
+
+static const char *links_find(ino_t ino)
+{
+	for (unsigned i = (unsigned)(ino % LINKS_SLOTS), n = 0; n < LINKS_SLOTS;
+	     i = (i + 1) % LINKS_SLOTS, n++) {
+		if (!links[i].off)
+			return NULL;
+		if (links[i].ino == ino)
+			return links_pool + links[i].off - 1;
+	}
+	return NULL;
+}
+
+static void links_add(ino_t ino, const char *host)
+{
+	size_t n = strlen(host) + 1;
+	if (links_pool_len + n > sizeof(links_pool))
+		return;
+	for (unsigned i = (unsigned)(ino % LINKS_SLOTS), k = 0; k < LINKS_SLOTS;
+	     i = (i + 1) % LINKS_SLOTS, k++) {
+		if (!links[i].off) {
+			memcpy(links_pool + links_pool_len, host, n);
+			links[i].ino = ino;
+			links[i].off = (unsigned)links_pool_len + 1;
+			links_pool_len += n;
+			return;
+		}
+	}
+}
+
+/* ---- deletions (last phase) ------------------------------------------------------------ */
+
+static void defer(struct wb *w, char op)
+{
+	if (deletions_len + w->len + 2 > sizeof(deletions)) {
+		failed(w, "defer deletion", ENOMEM, w->path);
+		return;
+	}
+	deletions[deletions_len++] = op;
+	memcpy(deletions + deletions_len, w->path, w->len + 1);
+	deletions_len += w->len + 1;
+}
+
+static int remove_tree(const char *host);
+
+static int remove_entry(const char *host, const struct stat *hs)
+{
+	if (S_ISDIR(hs->st_mode))
+		return remove_tree(host);
+	return unlink(host);
+}
+
+static int remove_tree(const char *host)
+{
+	char buf[DIRBUF], child[PATH_MAX];
+	int fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			struct stat cs;
+			snprintf(child, sizeof(child), "%s/%s", host, d->d_name);
+			if (lstat(child, &cs) == 0)
+				remove_entry(child, &cs);
+		}
+	}
+	close(fd);
+	return rmdir(host);
+}
+
+/* Delete what a whiteout hides. */
+static void apply_whiteout(struct wb *w)
+{
+	struct stat hs;
+	const char *host = host_of(w, w->path);
+	if (lstat(host, &hs) < 0)
+		return; /* already gone */
+	if (conflicts(w, &hs))
+		return;
+	if (remove_entry(host, &hs) < 0)
+		failed(w, "delete", errno, w->path);
+	else
+		w->sum->deleted++;
+}
+
+/* An opaque or renamed dir: remove host entries it no longer holds. */
+static void apply_prune(struct wb *w)
+{
+	char buf[DIRBUF], host[PATH_MAX + 64];
+	join(host, UR_WB, w->path + w->scope_len);
+	int fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			struct stat ms;
+			size_t old;
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, "..") ||
+			    path_push(w, d->d_name, &old) < 0)
+				continue;
+			if (lstat(merged_of(w->path), &ms) < 0 && errno == ENOENT)
+				apply_whiteout(w);
+			path_pop(w, old);
+		}
+	}
+	close(fd);
+}
+
+/* Directory times after deletions: the merged dir's times, once per dir. */
+static void restore_dir_times(struct wb *w, const char *dir)
+{
+	struct stat ms;
+	char host[PATH_MAX + 64];
+	if (strlen(dir) < w->scope_len || lstat(merged_of(dir), &ms) < 0)
+		return;
+	join(host, UR_WB, dir + w->scope_len);
+	set_times(-1, host, &ms);
+}
+
+static void apply_deletions(struct wb *w)
+{
+	char last_parent[PATH_MAX] = "";
+	for (size_t off = 0; off < deletions_len;) {
+		char op = deletions[off];
+		const char *p = deletions + off + 1;
+		size_t n = strlen(p);
+		off += n + 2;
+		memcpy(w->path, p, n + 1);
+		w->len = n;
+		if (op == 'w')
+			apply_whiteout(w);
+		else
+			apply_prune(w);
+		char *slash = strrchr(w->path, '/');
+		if (op == 'p')
+			slash = w->path + w->len;
+		if (slash) {
+			*slash = '\0';
+			if (strcmp(last_parent, w->path)) {
+				if (last_parent[0])
+					restore_dir_times(w, last_parent);
+				snprintf(last_parent, sizeof(last_parent), "%s", w->path);
+			}
+		}
+	}
+	if (last_parent[0])
+		restore_dir_times(w, last_parent);
+	deletions_len = 0;
+}
+
+/* ---- the walk ----------------------------------------------------------------------------- */
+
+enum source { FROM_UPPER, FROM_MERGED };
+
+static int walk_dir(struct wb *w, enum source src, int depth);
+
+static void apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs *a,
+		      enum source src, int depth)
+{
+	struct stat hs, ls;
+	const char *host = host_of(w, w->path);
+	int host_exists = lstat(host, &hs) == 0;
+	int lower_same = 0;
+
+	if (host_exists && !S_ISDIR(hs.st_mode)) {
+		if (conflicts(w, &hs))
+			return;
+		if (unlink(host) < 0) {
+			failed(w, "replace with a directory", errno, w->path);
+			return;
+		}
+		host_exists = 0;
+	}
+	if (!host_exists) {
+		if (mkdir(host, 0700) < 0) {
+			failed(w, "mkdir", errno, w->path);
+			return;
+		}
+		w->sum->dirs++;
+	} else if (src == FROM_UPPER && lstat(lower_of(w->path), &ls) == 0 && S_ISDIR(ls.st_mode)) {
+		lower_same = ls.st_mode == st->st_mode && same_time(&ls.st_mtim, &st->st_mtim);
+	}
+	/* Opaque or renamed: the merged view is the whole truth. */
+	enum source children = src;
+	if (src == FROM_UPPER && (a->opaque || a->redirect)) {
+		children = FROM_MERGED;
+		if (host_exists)
+			defer(w, 'p');
+	}
+	int wrote = walk_dir(w, children, depth + 1);
+	host = host_of(w, w->path);
+	if (!host_exists || !lower_same || wrote) {
+		if (!host_exists || (hs.st_mode & 07777) != (st->st_mode & 07777))
+			set_mode(w, -1, host, st->st_mode);
+		set_times(-1, host, st);
+	}
+}
+
+/* Returns 1 if it wrote something to the host. */
+static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attrs *a,
+		      enum source src)
+{
+	struct stat hs, ls;
+	int have_lower = 0;
+
+	if (src == FROM_UPPER && !a->redirect) {
+		have_lower = lstat(lower_of(w->path), &ls) == 0;
+		if (have_lower && S_ISREG(ls.st_mode) && ls.st_mode == st->st_mode &&
+		    ls.st_size == st->st_size && same_time(&ls.st_mtim, &st->st_mtim)) {
+			if (st->st_nlink > 1)
+				links_add(st->st_ino, host_of(w, w->path));
+			return 0; /* as on the host */
+		}
+	}
+	const char *host = host_of(w, w->path);
+	int host_exists = lstat(host, &hs) == 0;
+	if (host_exists && conflicts(w, &hs))
+		return 0;
+	if (host_exists && S_ISDIR(hs.st_mode) && remove_tree(host) < 0) {
+		failed(w, "replace a directory", errno, w->path);
+		return 0;
+	}
+	if (st->st_nlink > 1) {
+		const char *first = links_find(st->st_ino);
+		if (first && link_file(w, first, host) == 0) {
+			w->sum->hardlinks++;
+			return 1;
+		}
+	}
+	/* chmod/touch only: the data is the host file's already. */
+	if (src == FROM_UPPER && a->metacopy && !a->redirect && host_exists &&
+	    S_ISREG(hs.st_mode) && hs.st_size == st->st_size) {
+		if ((hs.st_mode & 07777) != (st->st_mode & 07777))
+			set_mode(w, -1, host, st->st_mode);
+		set_times(-1, host, st);
+		w->sum->metadata_only++;
+	} else {
+		/* Data in the upper unless metacopy: read it there, else through the overlay. */
+		const char *from = src == FROM_UPPER && !a->metacopy ? upper_of(w->path)
+								      : merged_of(w->path);
+		if (write_file(w, from, host, st) < 0)
+			return 0;
+		w->sum->files++;
+	}
+	if (st->st_nlink > 1)
+		links_add(st->st_ino, host_of(w, w->path));
+	return 1;
+}
+
+/* One entry of a dir being written back; returns 1 if the host changed. */
+static int apply_entry(struct wb *w, enum source src, int depth)
+{
+	struct stat st, ls, hs;
+	struct ovl_attrs a;
+	const char *from = src == FROM_UPPER ? upper_of(w->path) : merged_of(w->path);
+
+	if (lstat(from, &st) < 0) {
+		failed(w, "lstat", errno, w->path);
+		return 0;
+	}
+	if (src == FROM_UPPER && is_whiteout(&st)) {
+		defer(w, 'w');
+		return 1;
+	}
+	if (read_ovl_attrs(from, &a) < 0) {
+		failed(w, "listxattr", errno, w->path);
+		return 0;
+	}
+	if (a.other) {
+		w->sum->xattrs++;
+		report(w, K_XATTR, NULL, w->path);
+	}
+	int have_lower = src == FROM_UPPER && !a.redirect && lstat(lower_of(w->path), &ls) == 0;
+	check_owner(w, &st, have_lower ? &ls : NULL);
+
+	switch (st.st_mode & S_IFMT) {
+	case S_IFDIR:
+		apply_dir(w, &st, &a, src, depth);
+		return 1;
+	case S_IFREG:
+		return apply_file(w, &st, &a, src);
+	case S_IFLNK:
+	case S_IFIFO: {
+		const char *host = host_of(w, w->path);
+		int host_exists = lstat(host, &hs) == 0;
+		if (host_exists && !S_ISLNK(hs.st_mode) && !S_ISFIFO(hs.st_mode) && conflicts(w, &hs))
+			return 0;
+		if (host_exists && S_ISDIR(hs.st_mode))
+			remove_tree(host);
+		if (S_ISLNK(st.st_mode))
+			make_symlink(w, from, host_of(w, w->path), &hs, host_exists);
+		else
+			make_fifo(w, host_of(w, w->path), &st, &hs, host_exists);
+		return 1;
+	}
+	case S_IFCHR:
+	case S_IFBLK:
+		w->sum->devices++;
+		report(w, K_DEVICE, NULL, w->path);
+		return 0;
+	default:
+		w->sum->sockets++;
+		report(w, K_SOCKET, NULL, w->path);
+		return 0;
+	}
+}
+
+/* Write back every entry of the dir at w->path; returns 1 if the host changed. */
+static int walk_dir(struct wb *w, enum source src, int depth)
+{
+	char buf[DIRBUF];
+	int wrote = 0;
+	if (depth > MAX_DEPTH) {
+		failed(w, "walk", ELOOP, w->path);
+		return 0;
+	}
+	const char *dir = src == FROM_UPPER ? upper_of(w->path) : merged_of(w->path);
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		failed(w, "open dir", errno, w->path);
+		return 0;
+	}
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n < 0)
+			failed(w, "readdir", errno, w->path);
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			size_t old;
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			if (path_push(w, d->d_name, &old) < 0) {
+				failed(w, "path too long", ENAMETOOLONG, w->path);
+				continue;
+			}
+			wrote |= apply_entry(w, src, depth);
+			path_pop(w, old);
+		}
+	}
+	close(fd);
+	return wrote;
+}
+
+/* ---- scopes and what lies outside them ------------------------------------------------------ */
+
+static int write_scope(struct wb *w, const char *scope)
+{
+	struct stat st;
+	w->scope = scope;
+	w->scope_len = strlen(scope);
+	if (w->scope_len == 1)
+		w->scope_len = 0; /* scope "/": host path == guest path */
+	if (mount("none", UR_WB, "hostfs", 0, scope) < 0) {
+		failed(w, "mount hostfs", errno, scope);
+		return -1;
+	}
+	snprintf(w->path, sizeof(w->path), "%s", scope);
+	w->len = strlen(w->path);
+	if (lstat(upper_of(w->path), &st) == 0 && S_ISDIR(st.st_mode)) {
+		struct ovl_attrs a;
+		if (read_ovl_attrs(upper_of(w->path), &a) == 0)
+			apply_dir(w, &st, &a, FROM_UPPER, 0);
+		apply_deletions(w);
+	}
+	if (umount2(UR_WB, 0) < 0)
+		klog("umount %s: %s\n", UR_WB, strerror(errno));
+	return 0;
+}
+
+static void count_outside(struct wb *w, int depth);
+
+static void outside_entry(struct wb *w, unsigned char type, int depth)
+{
+	const struct request *r = w->req;
+	for (int i = 0; i < r->nscopes; i++) {
+		size_t n = strlen(r->scopes[i]);
+		if (!strcmp(w->path, r->scopes[i])) {
+			write_scope(w, r->scopes[i]);
+			return;
+		}
+		/* An ancestor of a scope: look inside. */
+		if (type == DT_DIR && n > w->len && is_under(r->scopes[i], w->path, w->len)) {
+			count_outside(w, depth + 1);
+			return;
+		}
+	}
+	if (type == DT_DIR) {
+		struct stat ls;
+		if (lstat(lower_of(w->path), &ls) < 0) {
+			w->sum->outside++;
+			report(w, K_OUTSIDE, NULL, w->path);
+		}
+		count_outside(w, depth + 1);
+		return;
+	}
+	w->sum->outside++;
+	report(w, K_OUTSIDE, NULL, w->path);
+}
+
+/* Walk the upper layer outside the scopes, writing back each scope on the
+ * way (so the upper layer is read once) and counting everything else. */
+static void count_outside(struct wb *w, int depth)
+{
+	char buf[DIRBUF];
+	if (depth > MAX_DEPTH)
+		return;
+	int fd = open(upper_of(w->path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	char here[PATH_MAX];
+	memcpy(here, w->path, w->len + 1);
+	size_t here_len = w->len;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			size_t old;
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			/* write_scope() reuses w->path: restore it after each entry. */
+			memcpy(w->path, here, here_len + 1);
+			w->len = here_len;
+			if (path_push(w, d->d_name, &old) < 0)
+				continue;
+			outside_entry(w, d->d_type, depth);
+		}
+	}
+	memcpy(w->path, here, here_len + 1);
+	w->len = here_len;
+	close(fd);
+}
+
+static int prepare(void)
+{
+	if (mkdir(UR_WB, 0700) < 0 && errno != EEXIST)
+		return -1;
+	if (mkdir(UR_MERGED, 0700) < 0 && errno != EEXIST)
+		return -1;
+	/* The overlay alone: CMD's view of paths under /run, /tmp, /dev ... */
+	return mount("/", UR_MERGED, NULL, MS_BIND, NULL);
+}
 
 int writeback(const struct request *req, const char *upper, struct wb_summary *sum)
 {
-	(void)req;
-	(void)upper;
-	(void)sum;
+	static struct wb w;
+	(void)upper; /* == UR_SCRATCH "/upper", see upper_of() */
+	memset(&w, 0, sizeof(w));
+	w.req = req;
+	w.sum = sum;
+	umask(0);
+	unlink(REPORT_PATH);
+	if (prepare() < 0) {
+		ctl_say("WBERR prepare writeback: %s", strerror(errno));
+		return -1;
+	}
+	w.path[0] = '/';
+	w.path[1] = '\0';
+	w.len = 1;
+	int root_scope = 0;
+	for (int i = 0; i < req->nscopes; i++)
+		root_scope |= !strcmp(req->scopes[i], "/");
+	if (root_scope)
+		write_scope(&w, "/");
+	else
+		count_outside(&w, 0);
+	report_flush();
+	if (report_fd >= 0)
+		close(report_fd);
+	report_fd = -1;
+	umount2(UR_MERGED, MNT_DETACH);
 	return 0;
 }

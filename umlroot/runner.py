@@ -10,6 +10,7 @@ process, file or raw terminal behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -189,6 +190,62 @@ def _show_phases(result: Result, scratch_s: float) -> None:
     log.say("timing: " + ", ".join(parts))
 
 
+SECCOMP_UNAVAILABLE = "SECCOMP userspace requested but not functional"
+
+
+@contextlib.contextmanager
+def running_machine(spec: MachineSpec, log_file: Path) -> Iterator[tuple[Machine, ControlChannel]]:
+    """Start UML with a fresh control channel; kill it (whatever happened) on exit."""
+    guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
+    host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
+    try:
+        machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
+    except BaseException:
+        for fd in (host_reads, host_writes):
+            os.close(fd)
+        raise
+    finally:
+        # The guest's ends live on in UML only: when UML exits, we see EOF.
+        os.close(guest_reads)
+        os.close(guest_writes)
+    try:
+        yield machine, ControlChannel(host_reads, host_writes)
+    finally:
+        machine.kill()
+        os.close(host_reads)
+        os.close(host_writes)
+
+
+def seccomp_failed(result: Result, log_file: Path) -> bool:
+    """The host refused seccomp mode (e.g. inside a restrictive container)."""
+    if result.outcome is not None or result.timed_out or result.killed_by is not None:
+        return False
+    try:
+        return SECCOMP_UNAVAILABLE in log_file.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def boot_and_run(spec: MachineSpec, config: SessionConfig, log_file: Path,
+                 started: float) -> Result:
+    """Run the session; fall back to ptrace mode (1 CPU) only where seccomp
+    mode cannot start: guest syscalls cost about 3x more there."""
+    with running_machine(spec, log_file) as (machine, channel):
+        session = Session(config, machine, channel, started)
+        result = session.run()
+        if result.done:
+            # The init has synced every filesystem (UBD and hostfs writes
+            # are host writes by then): nothing is lost by not waiting for
+            # UML's own shutdown, which takes 100-200 ms of timer ticks.
+            machine.kill()
+            session.mark("exited")
+    if spec.seccomp and seccomp_failed(result, log_file):
+        log.warn("seccomp mode is not available here; using ptrace mode (slower, 1 CPU)")
+        fallback = dataclasses.replace(spec, seccomp=False, cpus=1)
+        return boot_and_run(fallback, config, log_file, started)
+    return result
+
+
 def run(options: RunOptions) -> int:
     from umlroot.kernel.select import find_kernel
 
@@ -202,8 +259,7 @@ def run(options: RunOptions) -> int:
         cpus = 1
     raise_nofile_limit()
     tty = TtyFlags.of_process()
-    cwd = os.fsencode(os.getcwd())
-    scopes = writeback_scopes(options, cwd)
+    scopes = writeback_scopes(options, os.fsencode(os.getcwd()))
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -222,38 +278,17 @@ def run(options: RunOptions) -> int:
         for name in ("out.1", "out.2"):
             (run_dir / name).touch()
 
-        guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
-        host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
                            disks=[UbdDisk(scratch), *disks.ubd], mem=options.mem, cpus=cpus,
                            quiet=not options.verbose, extra=kernel.boot_args)
-        try:
-            machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
-        finally:
-            # The guest's ends live on in UML only: when UML exits, we see EOF.
-            os.close(guest_reads)
-            os.close(guest_writes)
-        stack.callback(os.close, host_reads)
-        stack.callback(os.close, host_writes)
-        stack.callback(machine.kill)
-        os.set_blocking(host_writes, True)
-
-        if tty.interactive:
-            stack.enter_context(raw_mode(0))
         config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
                                pty_to_stdout=tty.stdout, timeout=options.timeout)
-        session = Session(config, machine, ControlChannel(host_reads, host_writes), started)
-        result = session.run()
-        if result.done:
-            # The init has synced every filesystem (UBD and hostfs writes
-            # are host writes by then): nothing is lost by not waiting for
-            # UML's own shutdown, which takes 100-200 ms of timer ticks.
-            machine.kill()
-            session.mark("exited")
+        if tty.interactive:
+            stack.enter_context(raw_mode(0))
+        result = boot_and_run(spec, config, log_file, started)
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
-        argv0 = os.fsdecode(options.argv[0])
-        status = exit_status(result, argv0, log_file, options.timeout)
+        status = exit_status(result, os.fsdecode(options.argv[0]), log_file, options.timeout)
         report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
         return status

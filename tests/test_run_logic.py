@@ -1,0 +1,107 @@
+"""Unit tests (no boot) for the pure logic behind `umlroot run`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from umlroot.errors import ExitCode, UmlrootError
+from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
+from umlroot.request import DiskLink, Request, TtyFlags
+from umlroot.runner import RunOptions, exit_status, root_path, seccomp_failed, writeback_scopes
+from umlroot.session import Outcome, Result
+
+
+def parse_records(data: bytes) -> list[tuple[bytes, bytes]]:
+    fields = data.split(b"\0")
+    assert fields[-1] == b""
+    return list(zip(fields[0:-1:2], fields[1:-1:2]))
+
+
+def test_request_encodes_bytes_unchanged() -> None:
+    request = Request(argv=[b"printf", b"a b\n\xff"], env={b"K": b"v=w"}, cwd=b"/x y",
+                      umask=0o027, tty=TtyFlags(False, True, False), winsize=(24, 80),
+                      scopes=[b"/x y"], start_ns=1_500_000_000, host_uid=1000, host_gid=100,
+                      disks=[DiskLink("ubdb", "img")])
+    records = parse_records(request.encode())
+    assert records[:3] == [(b"arg", b"printf"), (b"arg", b"a b\n\xff"), (b"env", b"K=v=w")]
+    as_dict = dict(records)
+    assert as_dict[b"umask"] == b"27"
+    assert as_dict[b"tty"] == b"010"
+    assert as_dict[b"winsize"] == b"24 80"
+    assert as_dict[b"t0"] == b"1.500000000"
+    assert as_dict[b"disk"] == b"ubdb img"
+
+
+def test_request_refuses_nul() -> None:
+    request = Request(argv=[b"a\0b"], env={}, cwd=b"/", umask=0, tty=TtyFlags(False, False, False))
+    with pytest.raises(ValueError):
+        request.encode()
+
+
+def test_root_path_appends_missing_sbin_dirs() -> None:
+    assert root_path(b"/usr/bin:/bin") == b"/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+    full = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert root_path(full) == full
+
+
+def test_writeback_scopes(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    cwd = os.fsencode(tmp_path / "sub")
+    options = RunOptions(argv=[b"true"], writable=[tmp_path, tmp_path / "sub"])
+    assert writeback_scopes(options, cwd) == [os.fsencode(tmp_path)]
+    assert writeback_scopes(RunOptions(argv=[b"true"], writeback=False), cwd) == []
+    with pytest.raises(UmlrootError):
+        writeback_scopes(RunOptions(argv=[b"true"], writable=[tmp_path / "missing"]), cwd)
+
+
+def test_kernel_command_line_is_a_list_with_hex_run_dir() -> None:
+    spec = MachineSpec(kernel=Path("/k/linux"), init=Path("/c/init"), run_dir=Path("/tmp/r un"),
+                       disks=[UbdDisk(Path("/tmp/s.img")), UbdDisk(Path("/d.img"), read_only=True)],
+                       cpus=4)
+    argv = kernel_command_line(spec, ChannelFds(5, 6))
+    assert argv[0] == "/k/linux"
+    assert f"umlroot_run={b'/tmp/r un'.hex()}" in argv
+    assert {"seccomp=on", "ncpus=4", "con1=fd:5,fd:6", "ubd0=/tmp/s.img", "ubd1r=/d.img"} <= set(argv)
+    ptrace = kernel_command_line(MachineSpec(kernel=Path("/k"), init=Path("/i"), run_dir=Path("/r"),
+                                             disks=[], cpus=4, seccomp=False), ChannelFds(5, 6))
+    assert not any(a.startswith(("seccomp=", "ncpus=")) for a in ptrace)
+
+
+def done(outcome: Outcome, value: int) -> Result:
+    return Result(outcome=outcome, value=value, done=True)
+
+
+@pytest.mark.parametrize(("result", "status"), [
+    (done(Outcome.EXITED, 7), 7),
+    (done(Outcome.SIGNALED, 2), 130),
+    (done(Outcome.NOT_FOUND, 2), ExitCode.NOT_FOUND),
+    (done(Outcome.NOT_EXECUTABLE, 13), ExitCode.CANNOT_EXECUTE),
+    (Result(timed_out=True), ExitCode.TIMEOUT),
+    (Result(killed_by=15), 143),
+])
+def test_exit_status(result: Result, status: int, tmp_path: Path) -> None:
+    assert exit_status(result, "cmd", tmp_path / "log", 1.0) == status
+
+
+@pytest.mark.parametrize("result", [Result(), Result(boot_error="mount: EIO"),
+                                    Result(outcome=Outcome.EXITED)])
+def test_guest_failures_are_umlroot_errors(result: Result, tmp_path: Path) -> None:
+    log_file = tmp_path / "log"
+    log_file.write_text("line 1\nKernel panic - not syncing\n")
+    with pytest.raises(UmlrootError) as caught:
+        exit_status(result, "cmd", log_file, None)
+    assert caught.value.exit_code == ExitCode.UMLROOT
+    assert "Kernel panic" in (caught.value.details or "")
+
+
+def test_seccomp_failure_is_recognised(tmp_path: Path) -> None:
+    log_file = tmp_path / "log"
+    log_file.write_text("Checking that seccomp filters can be installed...\n"
+                        "SECCOMP userspace requested but not functional!\n")
+    assert seccomp_failed(Result(), log_file)
+    assert not seccomp_failed(Result(outcome=Outcome.EXITED), log_file)
+    log_file.write_text("Kernel panic\n")
+    assert not seccomp_failed(Result(), log_file)
