@@ -61,7 +61,22 @@ struct wb_summary {
 	unsigned long files, dirs, symlinks, fifos, hardlinks, deleted, metadata_only;
 	unsigned long owners, devices, sockets, xattrs, modebits, conflicts;
 	unsigned long outside; /* changes outside every scope: discarded */
+	unsigned long failed;  /* paths that could not be written (see the report) */
 };
 int writeback(const struct request *req, const char *upper, struct wb_summary *sum);
+
+/* --state (state.c). The state disk's root holds UR_STATE_META, a small
+ * text file of key=value lines (format, created, runs, last_seen, paths)
+ * that the host creates and `umlroot state info` reads with debugfs.
+ * state_reconcile() runs before the overlay is mounted: an upper-layer file
+ * whose host file changed since the state's last run (host ctime >=
+ * last_seen) becomes a metacopy of the host file again (host content and
+ * mtime win, the state's owner, mode and xattrs stay). state_finish()
+ * records this run (runs+1, last_seen = this run's t0, paths). Both return
+ * 0 or -1 after reporting the failing step. */
+#define UR_STATE_META "umlroot-state"
+#define UR_STATE_FORMAT 1
+int state_reconcile(const struct request *req, const char *scratch, const char *lower);
+int state_finish(const struct request *req, const char *scratch);
 
 #endif

@@ -278,9 +278,16 @@ def device_name(index: int) -> str:
     return "ubd" + chr(ord("b") + index)
 
 
-def prepare_disks(specs: Sequence[str], run_dir: Path) -> DiskSetup:
+def validate_disks(specs: Sequence[str]) -> list[DiskSpec]:
+    """Parse and check every spec; creates nothing, so a run can call it
+    before the (slower) kernel and init lookups and fail fast."""
     parsed = [parse_disk_spec(text) for text in specs]
     check_disks(parsed)
+    return parsed
+
+
+def prepare_disks(specs: Sequence[str], run_dir: Path) -> DiskSetup:
+    parsed = validate_disks(specs)
     ubd: list[UbdDisk] = []
     links: list[DiskLink] = []
     env: dict[bytes, bytes] = {}

@@ -70,9 +70,11 @@ def build_guest_init() -> Path:
             if result.returncode != 0:
                 lines = result.stderr.strip().splitlines()
                 first = next((line for line in lines if "error" in line), lines[-1] if lines else "")
+                missing_libc = "cannot find -lc" in result.stderr
                 raise UmlrootError(
                     f"building the guest init failed ({cc} exited {result.returncode}): {first}",
-                    hint="install the static C library (Debian: apt-get install libc6-dev)",
+                    hint="install the static C library (Debian: apt-get install libc6-dev)"
+                    if missing_libc else "rerun with --debug to see the compiler command",
                 )
             os.replace(binary, target)
     return target

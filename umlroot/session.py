@@ -423,7 +423,7 @@ class Session:
             self.result.boot_error = rest
 
     def _finish_output(self) -> None:
-        """Copy the last bytes the guest wrote (it fsyncs before EXIT)."""
+        """Copy the last bytes the guest wrote (all written before EXIT)."""
         for tail in self.outputs:
             try:
                 tail.pump()

@@ -1,10 +1,173 @@
-"""Host side of writeback: report what the guest wrote back (or could not)."""
+"""Host side of writeback: report what the guest wrote back (or could not).
+
+The guest init sends one control line, `WB key=value ...` (counts), or
+`WB none` when nothing was in scope, and leaves the paths behind the counts
+in `<run dir>/writeback.report`: lines `<kind>\\t[<detail>\\t]<path>`, with
+backslash and newline in paths escaped as `\\\\` and `\\n` (see
+guest-init/writeback.c). Nothing is printed when there is nothing to say.
+"""
 
 from __future__ import annotations
 
+import enum
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+REPORT_NAME = "writeback.report"
+NAMED_PATHS = 3  # paths named in a one-line summary without --verbose
 
-def report_writeback(line: str | None, *, verbose: bool, run_dir: Path) -> None:
+
+class Kind(enum.Enum):
+    CONFLICT = "conflict"
+    OUTSIDE = "outside"
+    OWNER = "owner"
+    DEVICE = "device"
+    SOCKET = "socket"
+    XATTR = "xattr"
+    MODEBITS = "modebits"
+    FAILED = "failed"
+
+
+# What the host cannot hold, in the order the summary names it:
+# (counter in the WB line, report kind, singular, plural).
+_KEPT_INSIDE = (
+    ("devices", Kind.DEVICE, "device node", "device nodes"),
+    ("owners", Kind.OWNER, "owner change", "owner changes"),
+    ("sockets", Kind.SOCKET, "socket", "sockets"),
+    ("xattrs", Kind.XATTR, "path with xattrs", "paths with xattrs"),
+    ("modebits", Kind.MODEBITS, "setuid/setgid bit the host refused",
+     "setuid/setgid bits the host refused"),
+)
+_WRITTEN = (
+    ("files", "file"), ("dirs", "dir"), ("symlinks", "symlink"), ("fifos", "FIFO"),
+    ("hardlinks", "hard link"), ("metadata", "mode/time-only change"), ("deleted", "deletion"),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    path: str
+    detail: str | None = None
+
+
+@dataclass
+class WritebackReport:
+    counts: dict[str, int] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+
+    def count(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+    def paths(self, kind: Kind) -> list[Entry]:
+        return [entry for entry in self.entries if entry.kind is kind]
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, "")
+            out.append("\n" if nxt == "n" else nxt)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_counts(line: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for word in line.split():
+        key, sep, value = word.partition("=")
+        if sep and value.isdigit():
+            counts[key] = int(value)
+    return counts
+
+
+def parse_report(text: str) -> list[Entry]:
+    entries: list[Entry] = []
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2:
+            continue
+        try:
+            kind = Kind(fields[0])
+        except ValueError:
+            continue  # a newer init's kind: ignore
+        detail = fields[1] if len(fields) > 2 else None
+        entries.append(Entry(kind, _unescape(fields[-1]), detail))
+    return entries
+
+
+def load(line: str, run_dir: Path) -> WritebackReport:
+    try:
+        text = (run_dir / REPORT_NAME).read_text(errors="surrogateescape")
+    except OSError:
+        text = ""
+    return WritebackReport(parse_counts(line), parse_report(text))
+
+
+def _plural(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def _named(entries: Iterable[Entry], total: int) -> str:
+    names = [entry.path for entry in entries][:NAMED_PATHS]
+    more = total - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 and names else "")
+
+
+def _parent_of_cwd_hint(outside: list[Entry]) -> str:
+    cwd = os.getcwd()
+    parent = os.path.dirname(cwd.rstrip("/")) or "/"
+    if any(os.path.dirname(entry.path) == parent for entry in outside):
+        return " (hint: --writable ..)"
+    return ""
+
+
+def summary_lines(report: WritebackReport, *, verbose: bool,
+                  state: Path | None = None) -> list[str]:
+    """The lines to print, without the `umlroot: ` prefix."""
+    lines: list[str] = []
+    if verbose:
+        written = [_plural(report.count(key), noun) for key, noun in _WRITTEN
+                   if report.count(key)]
+        lines.append("wrote back: " + (", ".join(written) if written else "nothing"))
+    failed = report.count("failed")
+    if failed:
+        first = report.paths(Kind.FAILED)
+        what = f": {first[0].path}: {first[0].detail}" if first else ""
+        lines.append(f"writeback failed for {_plural(failed, 'path')}{what}")
+    conflicts = report.count("conflicts")
+    if conflicts:
+        lines.append(f"not written back, changed on the host during the run (the host's "
+                     f"version kept): {_named(report.paths(Kind.CONFLICT), conflicts)}")
+    outside = report.count("outside")
+    if outside:
+        entries = report.paths(Kind.OUTSIDE)
+        lines.append(f"discarded {_plural(outside, 'change')} outside the writeback scope: "
+                     f"{_named(entries, outside)}{_parent_of_cwd_hint(entries)}")
+    kept = [_plural(report.count(key), one, many) for key, _kind, one, many in _KEPT_INSIDE
+            if report.count(key)]
+    if kept:
+        in_state = state is not None or report.count("state") > 0
+        where = "kept only inside (in the --state file): " if in_state else "kept only inside: "
+        advice = "" if in_state else " (use --state to keep them, or write an archive/image)"
+        lines.append(where + ", ".join(kept) + advice)
+    if verbose:
+        for entry in report.entries:
+            detail = f" ({entry.detail})" if entry.detail else ""
+            lines.append(f"  {entry.kind.value}: {entry.path}{detail}")
+    return lines
+
+
+def report_writeback(line: str | None, *, verbose: bool, run_dir: Path,
+                     state: Path | None = None) -> None:
     """Print the one-line summary of the guest's `WB ...` report on stderr."""
-    return None
+    if line is None or line.strip() == "none":
+        return
+    for text in summary_lines(load(line, run_dir), verbose=verbose, state=state):
+        print(f"umlroot: {text}", file=sys.stderr, flush=True)

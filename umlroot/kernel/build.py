@@ -82,6 +82,11 @@ def plan_source(options: BuildOptions) -> SourcePlan:
         if kind is ksource.SourceKind.TREE:
             tree = options.source.resolve()
             version = KernelVersion.from_makefile(tree / "Makefile")
+            if (tree / ".config").exists():
+                # make O=... refuses a configured tree; say so before starting.
+                raise UmlrootError(f"{tree} is configured already (has a .config)",
+                                   hint="run `make mrproper` in it, or pass the tarball instead",
+                                   exit_code=ExitCode.FAILED)
             return SourcePlan(kind, f"tree {tree}", f"tree:{tree}:{version}", version, path=tree)
         return _tarball_plan(options.source, "tarball")
     installed = ksource.usable_installed_tarball()
@@ -217,11 +222,7 @@ def obtain_tree(plan: SourcePlan, ws: Workspace) -> tuple[Path, Path | None]:
     """(source tree, separate object dir or None for an in-tree build)."""
     if plan.kind is ksource.SourceKind.TREE:
         assert plan.path is not None
-        # Build out of tree: the user's tree stays as it was.
-        if (plan.path / ".config").exists():
-            raise UmlrootError(f"{plan.path} is configured already (has a .config)",
-                               hint="run `make mrproper` in it, or pass the tarball instead",
-                               exit_code=ExitCode.FAILED)
+        # Built out of tree (plan_source checked it is clean): the user's tree stays as it was.
         return plan.path, ws.root / "obj"
     tarball = plan.path
     if plan.kind is ksource.SourceKind.DEBIAN:

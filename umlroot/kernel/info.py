@@ -35,7 +35,6 @@ def show_info(options: InfoOptions) -> None:
     settings = probe.ProbeSettings(seccomp=True, cpus=options.cpus, lpj=lpj)
     if options.probe:
         result = probe.probe(choice.path, settings, use_cache=False)
-        probe.remember(choice.path, settings, result)
         click.echo(f"probe:   {result.explain()}")
     if options.bench_runs:
         bench = probe.boot_bench(choice.path, options.bench_runs, settings)

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""The fakeroot workload of issue 4, timed under fakeroot and under umlroot.
+
+    bench/fakeroot_workload.py [--source DIR] [--runs N] [--umlroot CMD]
+
+Each round copies DIR (default /usr/share/doc: ~5,000 files, ~117 MB) to a
+fresh `tree` in a scratch directory (not timed), then times
+
+    TOOL sh -c 'chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree'
+
+for TOOL = `fakeroot` and `umlroot run --` (boot, command, writeback of
+out.tar and shutdown included), alternating the two so both see the same
+machine load. Prints every time, the medians and their ratio, and the load
+average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOAD = "chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree"
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    files = size = 0
+    for root, dirs, names in os.walk(path):
+        for name in names + dirs:
+            st = os.lstat(os.path.join(root, name))
+            files += 1
+            size += st.st_size if not os.path.isdir(os.path.join(root, name)) else 0
+    return files, size
+
+
+def one_run(tool: list[str], source: Path, work: Path) -> float:
+    for name in ("tree", "out.tar"):
+        target = work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    subprocess.run(["cp", "-a", str(source), str(work / "tree")], check=True)
+    subprocess.run(["sync"], check=True)
+    start = time.monotonic()
+    result = subprocess.run([*tool, "sh", "-c", WORKLOAD], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0 or not (work / "out.tar").exists():
+        sys.exit(f"{shlex.join(tool)} failed ({result.returncode}): {result.stderr.decode()}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--umlroot", default="umlroot run --",
+                        help="the umlroot command line before `sh -c ...`")
+    args = parser.parse_args()
+
+    files, size = tree_size(args.source)
+    print(f"tree: {args.source}, {files} entries, {size / 1e6:.0f} MB")
+    print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
+    tools = {"fakeroot": ["fakeroot"], "umlroot": shlex.split(args.umlroot)}
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
+        work = Path(tmp)
+        for i in range(args.runs):
+            for name, tool in tools.items():
+                elapsed = one_run(tool, args.source, work)
+                times[name].append(elapsed)
+                print(f"run {i + 1} {name:9} {elapsed:6.2f} s", flush=True)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    for name, median in medians.items():
+        print(f"median {name:9} {median:6.2f} s")
+    print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

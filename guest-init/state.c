@@ -1,0 +1,265 @@
+/* --state: the scratch disk persists between runs (see init.h).
+ *
+ * The metadata file UR_STATE_META in the state disk's root:
+ *   format=1            layout version; a newer one is refused by the host
+ *   created=<sec>       when the host made the state (host clock)
+ *   runs=<n>            runs that finished (CMD exited) on this state
+ *   last_seen=<sec.ns>  t0 of the last finished run: host changes after
+ *                       it are newer than what the state knows
+ *   paths=<n>           entries in the upper layer after the last run
+ *
+ * Stale rule, applied at boot before the overlay is mounted: a regular file
+ * of the upper layer whose host file (same path, lower layer) has a ctime
+ * >= last_seen changed on the host since the state last saw it. The host's
+ * content wins: the upper file becomes a metacopy of the host file again
+ * (data and mtime from the host) and keeps the state's owner, mode and
+ * xattrs. Files under an opaque or renamed dir, renamed files and hard
+ * links are left alone (their host counterpart is not at the same path).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "init.h"
+
+#define META_MAX 4096
+#define DIRBUF 16384
+#define MAX_DEPTH 200
+
+struct meta {
+	long format;
+	long long created;
+	long runs;
+	struct timespec last_seen;
+	long paths;
+};
+
+struct walk {
+	char upper[PATH_MAX];
+	char lower[PATH_MAX];
+	size_t upper_len, lower_len;
+	struct timespec since;
+	unsigned long stale, paths;
+};
+
+static int read_meta(const char *scratch, struct meta *m)
+{
+	char path[PATH_MAX], buf[META_MAX];
+	memset(m, 0, sizeof(*m));
+	snprintf(path, sizeof(path), "%s/" UR_STATE_META, scratch);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		long long a = 0, b = 0;
+		if (sscanf(line, "format=%ld", &m->format) == 1 ||
+		    sscanf(line, "created=%lld", &m->created) == 1 ||
+		    sscanf(line, "runs=%ld", &m->runs) == 1 ||
+		    sscanf(line, "paths=%ld", &m->paths) == 1)
+			continue;
+		if (sscanf(line, "last_seen=%lld.%lld", &a, &b) >= 1) {
+			m->last_seen.tv_sec = (time_t)a;
+			m->last_seen.tv_nsec = (long)b;
+		}
+	}
+	return 0;
+}
+
+static int write_meta(const char *scratch, const struct meta *m)
+{
+	char path[PATH_MAX], tmp[PATH_MAX], buf[META_MAX];
+	snprintf(path, sizeof(path), "%s/" UR_STATE_META, scratch);
+	snprintf(tmp, sizeof(tmp), "%s/" UR_STATE_META ".new", scratch);
+	int n = snprintf(buf, sizeof(buf),
+			 "format=%ld\ncreated=%lld\nruns=%ld\nlast_seen=%lld.%09ld\npaths=%ld\n",
+			 m->format, m->created, m->runs, (long long)m->last_seen.tv_sec,
+			 m->last_seen.tv_nsec, m->paths);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	if (write(fd, buf, (size_t)n) != n || fsync(fd) < 0) {
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return rename(tmp, path);
+}
+
+static int later_or_same(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec >= b->tv_nsec);
+}
+
+static int has_xattr(const char *path, const char *name, char *value, size_t size)
+{
+	ssize_t n = lgetxattr(path, name, value, size);
+	return n >= 0 ? 1 : 0;
+}
+
+/* The host file changed since the state saw it: make the upper file a
+ * metacopy of it again. */
+static void refresh_from_host(struct walk *w, const struct stat *ls)
+{
+	struct stat us;
+	char v[2];
+	if (lstat(w->upper, &us) < 0 || !S_ISREG(us.st_mode) || us.st_nlink > 1)
+		return;
+	if (has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0))
+		return;
+	int metacopy = has_xattr(w->upper, "trusted.overlay.metacopy", v, 0);
+	if (!metacopy && truncate(w->upper, 0) < 0)
+		goto fail;
+	if (truncate(w->upper, ls->st_size) < 0)
+		goto fail;
+	if (!metacopy && lsetxattr(w->upper, "trusted.overlay.metacopy", "", 0, 0) < 0)
+		goto fail;
+	struct timespec ts[2] = {{0, UTIME_OMIT}, ls->st_mtim};
+	if (utimensat(AT_FDCWD, w->upper, ts, AT_SYMLINK_NOFOLLOW) < 0)
+		goto fail;
+	w->stale++;
+	return;
+fail:
+	klog("state: refresh %s from the host: %s\n", w->upper, strerror(errno));
+}
+
+static int push(char *buf, size_t *len, const char *name)
+{
+	size_t n = strlen(name);
+	if (*len + 1 + n >= PATH_MAX)
+		return -1;
+	buf[(*len)++] = '/';
+	memcpy(buf + *len, name, n + 1);
+	*len += n;
+	return 0;
+}
+
+/* Walk the upper dir at w->upper; `check` says whether the lower dir at
+ * w->lower is its host counterpart (not under an opaque/renamed dir). */
+static void walk(struct walk *w, int check, int depth)
+{
+	char buf[DIRBUF];
+	if (depth > MAX_DEPTH)
+		return;
+	int fd = open(w->upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			w->paths++;
+			if (d->d_type != DT_DIR && !(check && d->d_type == DT_REG))
+				continue;
+			size_t ul = w->upper_len, ll = w->lower_len;
+			if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
+			    push(w->lower, &w->lower_len, d->d_name) < 0)
+				goto next;
+			if (d->d_type == DT_DIR) {
+				char v = 0;
+				int renamed = has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0);
+				int opaque = lgetxattr(w->upper, "trusted.overlay.opaque", &v, 1) == 1 &&
+					     v == 'y';
+				walk(w, check && !renamed && !opaque, depth + 1);
+			} else {
+				struct stat ls;
+				if (lstat(w->lower, &ls) == 0 && S_ISREG(ls.st_mode) &&
+				    later_or_same(&ls.st_ctim, &w->since))
+					refresh_from_host(w, &ls);
+			}
+		next:
+			w->upper_len = ul;
+			w->upper[ul] = '\0';
+			w->lower_len = ll;
+			w->lower[ll] = '\0';
+		}
+	}
+	close(fd);
+}
+
+int state_reconcile(const struct request *req, const char *scratch, const char *lower)
+{
+	static struct walk w;
+	struct meta m;
+	(void)req;
+	if (read_meta(scratch, &m) < 0) {
+		klog("state: no %s in the state disk; nothing to reconcile\n", UR_STATE_META);
+		return 0;
+	}
+	if (m.runs == 0)
+		return 0;
+	memset(&w, 0, sizeof(w));
+	w.since = m.last_seen;
+	w.upper_len = (size_t)snprintf(w.upper, sizeof(w.upper), "%s/upper", scratch);
+	w.lower_len = (size_t)snprintf(w.lower, sizeof(w.lower), "%s", lower);
+	if (w.lower_len == 1)
+		w.lower_len = 0; /* "/": children are "/name" */
+	walk(&w, 1, 0);
+	klog("state: %lu paths, %lu refreshed from the host\n", w.paths, w.stale);
+	return 0;
+}
+
+static unsigned long count_paths(char *path, size_t len, int depth)
+{
+	char buf[DIRBUF];
+	unsigned long count = 0;
+	if (depth > MAX_DEPTH)
+		return 0;
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			count++;
+			size_t sub = len;
+			if (d->d_type == DT_DIR && push(path, &sub, d->d_name) == 0) {
+				count += count_paths(path, sub, depth + 1);
+				path[len] = '\0';
+			}
+		}
+	}
+	close(fd);
+	return count;
+}
+
+int state_finish(const struct request *req, const char *scratch)
+{
+	static char path[PATH_MAX];
+	struct meta m;
+	if (read_meta(scratch, &m) < 0)
+		m.format = UR_STATE_FORMAT; /* made by hand: start a record */
+	m.runs++;
+	m.last_seen = req->t0;
+	size_t len = (size_t)snprintf(path, sizeof(path), "%s/upper", scratch);
+	m.paths = (long)count_paths(path, len, 0);
+	if (write_meta(scratch, &m) < 0) {
+		klog("state: write %s: %s\n", UR_STATE_META, strerror(errno));
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,128 @@
+"""`--state FILE`: root-only metadata survives between runs; one run at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import UMLROOT, run_umlroot
+from umlroot.state import FORMAT, META_NAME, create_state, read_info
+
+uml = pytest.mark.uml
+
+
+def test_info_of_fresh_state(tmp_path: Path) -> None:
+    state = tmp_path / "s.img"
+    create_state(state)
+    info = read_info(state)
+    assert (info.format, info.runs, info.paths) == (FORMAT, 0, 0)
+    assert info.allocated < 64 << 20  # sparse
+    result = run_umlroot(["state", "info", str(state)])
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "runs:      0" in out and "64.0 GiB" in out
+
+
+def test_info_of_something_else(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not an ext4 image" * 1000)
+    result = run_umlroot(["state", "info", str(junk)])
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith(f"umlroot: {junk} is not a umlroot state file")
+    assert b"Traceback" not in result.stderr
+
+
+def test_state_from_newer_umlroot(tmp_path: Path) -> None:
+    state = tmp_path / "s.img"
+    create_state(state)
+    meta = tmp_path / "meta"
+    meta.write_text(f"format={FORMAT + 1}\ncreated=1\nruns=0\n")
+    subprocess.run(["debugfs", "-w", "-R", f"rm {META_NAME}", str(state)],
+                   check=True, capture_output=True)
+    subprocess.run(["debugfs", "-w", "-R", f"write {meta} {META_NAME}", str(state)],
+                   check=True, capture_output=True)
+    result = run_umlroot(["run", "--state", str(state), "--", "true"], cwd=tmp_path)
+    assert result.returncode == 125
+    assert b"was made by a newer umlroot" in result.stderr
+
+
+@uml
+def test_owner_and_device_survive(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "f").write_text("data\n")
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                         "chown 1234:5678 f && mknod d c 1 3"], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    assert b"kept only inside (in the --state file): 1 device node, 1 owner change" in first.stderr
+    second = run_umlroot(["run", "--state", str(state), "--", "stat", "-c", "%u:%g %F %t,%T",
+                          "f", "d"], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().splitlines() == ["1234:5678 regular file 0,0",
+                                                   "0:0 character special file 1,3"]
+    info = read_info(state)
+    assert info.runs == 2
+    assert info.paths >= 3  # dirs down to work, f, d
+
+
+@uml
+def test_host_content_wins_over_stale_state(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    (tmp_path / "f").write_text("first\n")
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                         "chown 1234:5678 f && chmod 600 f && echo guest > g && chown 42 g"],
+                        cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    (tmp_path / "f").write_text("changed on the host, longer\n")
+    (tmp_path / "g").write_text("host g\n")
+    second = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                          "stat -c '%u:%g %a %s' f g && cat f g"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().splitlines() == [
+        "1234:5678 600 28", "42:0 644 7", "changed on the host, longer", "host g"]
+
+
+@uml
+def test_concurrent_runs_on_one_state(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    holder = subprocess.Popen(
+        [*UMLROOT, "run", "--state", str(state), "--", "sh", "-c", "echo started; sleep 3"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == b"started\n"
+        refused = run_umlroot(["run", "--no-wait", "--state", str(state), "--", "true"],
+                              cwd=tmp_path)
+        assert refused.returncode == 125
+        assert refused.stderr.decode().startswith(
+            f"umlroot: the state file {state} is in use by another umlroot run")
+        started = time.monotonic()
+        waited = run_umlroot(["run", "--state", str(state), "--", "echo", "second"],
+                             cwd=tmp_path)
+        assert waited.returncode == 0, waited.stderr.decode()
+        assert waited.stdout == b"second\n"
+        assert b"waiting for the state file" in waited.stderr
+        assert holder.wait(timeout=60) == 0
+        assert time.monotonic() - started > 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_info(state).runs == 2
+
+
+@uml
+def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    assert run_umlroot(["run", "--state", str(state), "--", "true"], cwd=tmp_path).returncode == 0
+    with open(state, "r+b") as f:  # wipe the superblock's neighbourhood
+        f.seek(1024)
+        f.write(b"\0" * 4096)
+    result = run_umlroot(["run", "--state", str(state), "--", "true"], cwd=tmp_path)
+    assert result.returncode == 125
+    err = result.stderr.decode()
+    assert str(state) in err.splitlines()[0]
+    assert "Traceback" not in err

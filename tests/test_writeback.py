@@ -1,0 +1,209 @@
+"""Writeback: what CMD changed under the scope comes back to the host.
+
+Every test boots UML through the real `umlroot` command line and checks the
+result with host tools only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import UMLROOT, run_umlroot
+from umlroot.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
+
+uml = pytest.mark.uml
+
+
+def run_ok(cwd: Path, script: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    result = run_umlroot(["run", *extra, "--", "sh", "-c", script], cwd=cwd)
+    assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+# ---- unit: the host-side report ------------------------------------------------------
+
+
+def test_report_parsing_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = parse_report("device\t/a/dev\nowner\t1234:5678\t/a/f\\nx\noutside\t/x.deb\n"
+                           "newkind\t/ignored\n")
+    assert entries == [Entry(Kind.DEVICE, "/a/dev"), Entry(Kind.OWNER, "/a/f\nx", "1234:5678"),
+                       Entry(Kind.OUTSIDE, "/x.deb")]
+    monkeypatch.chdir(tmp_path)
+    parent = str(tmp_path.parent)
+    report = WritebackReport({"devices": 3, "owners": 412, "outside": 1},
+                             [Entry(Kind.OUTSIDE, f"{parent}/x.deb")])
+    lines = summary_lines(report, verbose=False)
+    assert lines == [
+        f"discarded 1 change outside the writeback scope: {parent}/x.deb (hint: --writable ..)",
+        "kept only inside: 3 device nodes, 412 owner changes "
+        "(use --state to keep them, or write an archive/image)",
+    ]
+    assert summary_lines(WritebackReport({"files": 2}), verbose=False) == []
+
+
+# ---- applied changes -------------------------------------------------------------------
+
+
+MAKEFILE = """\
+all:
+install:
+\tinstall -d $(DESTDIR)/usr/bin $(DESTDIR)/usr/share/demo $(DESTDIR)/etc
+\tinstall -m 755 demo.sh $(DESTDIR)/usr/bin/demo
+\tinstall -m 644 README $(DESTDIR)/usr/share/demo/README
+\tinstall -m 600 secret $(DESTDIR)/etc/demo.conf
+\tchown -R 0:0 $(DESTDIR)
+"""
+
+
+@uml
+def test_make_install_destdir(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    (tmp_path / "Makefile").write_text(MAKEFILE)
+    (tmp_path / "demo.sh").write_text("#!/bin/sh\necho demo\n")
+    (tmp_path / "README").write_text("read me\n")
+    (tmp_path / "secret").write_text("s3cret\n")
+    result = run_umlroot(["run", "--", "make", "install", "DESTDIR=pkg"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    pkg = tmp_path / "pkg"
+    assert (pkg / "usr/bin/demo").read_text() == "#!/bin/sh\necho demo\n"
+    assert mode(pkg / "usr/bin/demo") == 0o755
+    assert mode(pkg / "usr/share/demo/README") == 0o644
+    assert mode(pkg / "etc/demo.conf") == 0o600
+    assert (pkg / "etc/demo.conf").read_text() == "s3cret\n"
+    # Owned by the invoking user on the host, by design.
+    assert (pkg / "usr/bin/demo").stat().st_uid == os.getuid()
+    assert b"kept only inside" not in result.stderr  # root:root maps to the user
+
+
+@uml
+def test_rm_mv_symlink_fifo_hardlink(tmp_path: Path) -> None:
+    (tmp_path / "doomed").write_text("bye\n")
+    (tmp_path / "old").write_text("moved\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/inner").write_text("x\n")
+    (tmp_path / "edit").write_text("before\n")
+    run_ok(tmp_path, "rm doomed && mv old new && ln -s new link && mkfifo pipe && "
+                     "rm -r sub && echo after > edit && echo data > a && ln a b")
+    assert not (tmp_path / "doomed").exists()
+    assert not (tmp_path / "old").exists()
+    assert (tmp_path / "new").read_text() == "moved\n"
+    assert os.readlink(tmp_path / "link") == "new"
+    assert stat.S_ISFIFO((tmp_path / "pipe").lstat().st_mode)
+    assert not (tmp_path / "sub").exists()
+    assert (tmp_path / "edit").read_text() == "after\n"
+    assert (tmp_path / "a").stat().st_ino == (tmp_path / "b").stat().st_ino
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".umlroot")]
+    assert leftovers == []
+
+
+@uml
+def test_directory_rename(tmp_path: Path) -> None:
+    tree = tmp_path / "src/deep"
+    tree.mkdir(parents=True)
+    (tree / "one").write_text("1\n")
+    (tmp_path / "src/two").write_text("2\n")
+    run_ok(tmp_path, "mv src dst && echo 3 > dst/three")
+    assert not (tmp_path / "src").exists()
+    assert (tmp_path / "dst/deep/one").read_text() == "1\n"
+    assert (tmp_path / "dst/two").read_text() == "2\n"
+    assert (tmp_path / "dst/three").read_text() == "3\n"
+
+
+@uml
+def test_chmod_and_touch_only(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("content\n")
+    os.chmod(f, 0o644)
+    g = tmp_path / "g"
+    g.write_text("other\n")
+    before = f.stat().st_mtime_ns
+    run_ok(tmp_path, "chmod 700 f && touch -d @1000000000 g")
+    assert mode(f) == 0o700
+    assert f.stat().st_mtime_ns == before
+    assert f.read_text() == "content\n"
+    assert g.stat().st_mtime == 1000000000
+    assert g.read_text() == "other\n"
+
+
+@uml
+def test_done_when_scenario(tmp_path: Path) -> None:
+    run_ok(tmp_path, "mkdir -p pkg/usr/bin && cp /bin/true pkg/usr/bin/ && "
+                     "chown -R 0:0 pkg && tar -cf pkg.tar pkg")
+    assert (tmp_path / "pkg/usr/bin/true").read_bytes() == Path("/bin/true").read_bytes()
+    assert mode(tmp_path / "pkg/usr/bin/true") == mode(Path("/bin/true"))
+    listing = subprocess.run(["tar", "-tvf", "pkg.tar"], cwd=tmp_path, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+    assert len(listing) == 4
+    assert all(" root/root " in line for line in listing), listing
+
+
+@uml
+def test_not_representable_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x\n")
+    result = run_ok(tmp_path, "mknod null c 1 3 && chown 1234:5678 f", "--verbose")
+    assert not (tmp_path / "null").exists()
+    err = result.stderr.decode()
+    assert "kept only inside: 1 device node, 1 owner change" in err
+    assert f"device: {tmp_path}/null" in err
+    assert (tmp_path / "f").stat().st_uid == os.getuid()
+
+
+@uml
+def test_outside_scope_discarded_with_hint(tmp_path: Path) -> None:
+    work = tmp_path / "src"
+    work.mkdir()
+    result = run_ok(work, "echo deb > ../x.deb && echo in > inside")
+    assert not (tmp_path / "x.deb").exists()
+    assert (work / "inside").read_text() == "in\n"
+    err = result.stderr.decode()
+    assert f"outside the writeback scope: {tmp_path}/x.deb (hint: --writable ..)" in err
+    run_ok(work, "echo deb > ../x.deb", "--writable", "..")
+    assert (tmp_path / "x.deb").read_text() == "deb\n"
+
+
+@uml
+def test_no_writeback(tmp_path: Path) -> None:
+    result = run_ok(tmp_path, "echo x > f", "--no-writeback")
+    assert not (tmp_path / "f").exists()
+    assert result.stderr == b""
+
+
+@uml
+def test_timeout_writes_nothing(tmp_path: Path) -> None:
+    result = run_umlroot(["run", "--timeout", "2", "--", "sh", "-c", "echo x > f; sleep 60"],
+                         cwd=tmp_path)
+    assert result.returncode == 124, result.stderr.decode()
+    assert not (tmp_path / "f").exists()
+
+
+@uml
+def test_conflict_keeps_host_version(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("original\n")
+    proc = subprocess.Popen(
+        [*UMLROOT, "run", "--", "sh", "-c", "echo guest > f && echo new > g && echo ready && sleep 3"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(0.05)
+        f.write_text("edited on the host\n")
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert f.read_text() == "edited on the host\n"
+    assert (tmp_path / "g").read_text() == "new\n"
+    assert f"changed on the host during the run (the host's version kept): {f}" in err.decode()
