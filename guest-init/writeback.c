@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -313,6 +314,15 @@ static void set_mode(struct wb *w, int fd, const char *host, mode_t mode)
 
 static int copy_data(int in, int out)
 {
+	if (access(UR_LOWER "/tmp/wbsendfile", F_OK) == 0) {
+		for (;;) {
+			ssize_t n = sendfile(out, in, NULL, 1 << 30);
+			if (n < 0)
+				break;
+			if (n == 0)
+				return 0;
+		}
+	}
 	for (;;) {
 		ssize_t n = read(in, copy_buf, sizeof(copy_buf));
 		if (n < 0) {

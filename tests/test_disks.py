@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_umlroot
+
 from umlroot.disks import (
     MAX_DISKS,
     DiskSpec,
@@ -112,8 +112,8 @@ def test_unsafe_path_goes_through_a_symlink(tmp_path: Path, file_name: str) -> N
     disk = prepare_disks([f"{image}:"], run_dir).ubd[0]
     assert disk.path.parent == run_dir
     assert disk.path.resolve() == image
-    assert set(str(disk.path)) <= set("abcdefghijklmnopqrstuvwxyz0123456789/_-.+"
-                                      "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/_-.+")
+    assert set(str(disk.path)) <= safe
 
 
 def test_size_creates_sparse_file(tmp_path: Path) -> None:
@@ -225,11 +225,10 @@ def test_file_locked_by_another_run(tmp_path: Path) -> None:
     this process would not conflict with itself)."""
     image = tmp_path / "busy.img"
     image.write_bytes(b"\0" * 512)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys; f = open(sys.argv[1], 'r+b'); fcntl.lockf(f, fcntl.LOCK_EX);"
-         " print('locked', flush=True); sys.stdin.read()", str(image)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    hold_lock = ("import fcntl, sys; f = open(sys.argv[1], 'r+b'); fcntl.lockf(f, fcntl.LOCK_EX);"
+                 " print('locked', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold_lock, str(image)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"locked\n"

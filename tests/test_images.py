@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from conftest import UMLROOT, run_umlroot
 
 pytestmark = pytest.mark.uml
@@ -99,8 +98,11 @@ def test_ext4_fill_delete_fstrim_rewrite_passes_e2fsck(tmp_path: Path, mkfs_opti
     host("e2fsck", "-fn", str(image))
     (tmp_path / "out").mkdir()
     host("debugfs", "-R", f"rdump / {tmp_path}/out", str(image))
-    expected = dict(reversed(line.split("  ")) for line in
-                    result.stdout.decode().splitlines() if "  f" in line)
+    expected: dict[str, str] = {}
+    for line in result.stdout.decode().splitlines():
+        if "  f" in line:  # md5sum: "<digest>  <name>"
+            digest, name = line.split("  ")
+            expected[name] = digest
     assert len(expected) == 40 - 11 + 31
     for name, digest in expected.items():
         assert hashlib.md5((tmp_path / "out" / name).read_bytes()).hexdigest() == digest
@@ -150,7 +152,7 @@ mount /dev/disk/by-umlroot/d-part1 /mnt && echo esp > /mnt/esp.txt && umount /mn
     assert b"before: dangling\nafter: /dev/ubdb2\n" in result.stdout
     listing = host("sfdisk", "-l", str(image)).stdout
     assert "EFI System" in listing and "Linux filesystem" in listing
-    (esp_type, esp), (root_type, root) = extract_partitions(image)
+    (esp_type, esp), (_root_type, root) = extract_partitions(image)
     assert esp_type == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
     host("fsck.vfat", "-n", str(esp))
     host("e2fsck", "-fn", str(root))
@@ -178,9 +180,9 @@ umount /run/sq
 """)
     assert b"character special file 5,1 0:0" in result.stdout
     listing = host("unsquashfs", "-lln", str(tmp_path / "out.sqfs")).stdout
-    assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.M)
-    assert re.search(r"^-rw-r--r-- 123/45 .* squashfs-root/etc/motd$", listing, re.M)
-    owners = re.findall(r"^\S+ (\d+/\d+) .* squashfs-root", listing, re.M)
+    assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.MULTILINE)
+    assert re.search(r"^-rw-r--r-- 123/45 .* squashfs-root/etc/motd$", listing, re.MULTILINE)
+    owners = re.findall(r"^\S+ (\d+/\d+) .* squashfs-root", listing, re.MULTILINE)
     assert len(owners) == 7 and owners.count("0/0") == 6, listing
 
 
@@ -210,8 +212,8 @@ umount /run/iso
 """)
     assert b"character special file 5,1 0:0\nhello\n" in result.stdout
     listing = host("xorriso", "-indev", str(tmp_path / "out.iso"), "-lsdl", "/dev/console", "/etc/motd").stdout
-    assert re.search(r"^c\S+ +\d+ +0 +0 .*'/dev/console'$", listing, re.M), listing
-    assert re.search(r"^-\S+ +\d+ +123 +45 .*'/etc/motd'$", listing, re.M), listing
+    assert re.search(r"^c\S+ +\d+ +0 +0 .*'/dev/console'$", listing, re.MULTILINE), listing
+    assert re.search(r"^-\S+ +\d+ +123 +45 .*'/etc/motd'$", listing, re.MULTILINE), listing
 
 
 def test_loop_mount_and_losetup_partitioned_image(tmp_path: Path) -> None:
@@ -293,7 +295,7 @@ def test_fifteen_disks(tmp_path: Path) -> None:
 
 def recipes() -> dict[str, str]:
     text = (REPO / "docs" / "images.md").read_text()
-    found = re.findall(r"<!-- recipe: (\S+) -->\n```sh\n(.*?)```", text, re.S)
+    found = re.findall(r"<!-- recipe: (\S+) -->\n```sh\n(.*?)```", text, re.DOTALL)
     return dict(found)
 
 
@@ -339,9 +341,9 @@ def test_recipe_ext4(tmp_path: Path, name: str) -> None:
 def test_recipe_squashfs(tmp_path: Path) -> None:
     host_tool("unsquashfs")
     listing = run_recipe("squashfs", tmp_path).stdout
-    assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.M)
+    assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.MULTILINE)
     assert "squashfs-root/etc/motd" in listing
-    owners = re.findall(r"^\S+ (\d+/\d+) .* squashfs-root", listing, re.M)
+    owners = re.findall(r"^\S+ (\d+/\d+) .* squashfs-root", listing, re.MULTILINE)
     assert len(owners) == 5 and set(owners) == {"0/0"}, listing
 
 

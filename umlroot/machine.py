@@ -60,9 +60,9 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
         # The root is hostfs of the host's "/", read-only; init comes from it.
         "rootfstype=hostfs", "rootflags=/", "ro", f"init={spec.init}",
         # Kernel console to the run log (UML's stdout), control on con1,
-        # every other console and serial line unconnected.
+        # every other console unconnected (no serial lines: CONFIG_SSL is off).
         "con=null", "con0=null,fd:1", f"con1=fd:{channel.guest_reads},fd:{channel.guest_writes}",
-        "ssl=null", "console=tty0",
+        "console=tty0",
         # Paths travel hex-encoded: the kernel command line splits on spaces.
         f"umlroot_run={os.fsencode(spec.run_dir).hex()}",
         # UML's pid file and mconsole socket go in the run directory (removed
