@@ -38,7 +38,6 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -89,6 +88,7 @@ static int report_fd = -1;
 static char deletions[DELETIONS_SIZE]; /* "w<path>\0" or "p<path>\0" */
 static size_t deletions_len;
 static struct {
+	dev_t dev;
 	ino_t ino;
 	unsigned off; /* into links_pool, +1 (0 = empty slot) */
 } links[LINKS_SLOTS];
@@ -312,17 +312,10 @@ static void set_mode(struct wb *w, int fd, const char *host, mode_t mode)
 	}
 }
 
+/* read/write in 1 MiB pieces: measured as fast as sendfile here (~420 MB/s
+ * into hostfs for 117 MB); copy_file_range cannot cross filesystems. */
 static int copy_data(int in, int out)
 {
-	if (access(UR_LOWER "/tmp/wbsendfile", F_OK) == 0) {
-		for (;;) {
-			ssize_t n = sendfile(out, in, NULL, 1 << 30);
-			if (n < 0)
-				break;
-			if (n == 0)
-				return 0;
-		}
-	}
 	for (;;) {
 		ssize_t n = read(in, copy_buf, sizeof(copy_buf));
 		if (n < 0) {
@@ -446,19 +439,19 @@ static void make_fifo(struct wb *w, const char *host, const struct stat *st,
 
 /* ---- hard links ---------------------------------------------------------------------- */
 
-static const char *links_find(ino_t ino)
+static const char *links_find(dev_t dev, ino_t ino)
 {
 	for (unsigned i = (unsigned)(ino % LINKS_SLOTS), n = 0; n < LINKS_SLOTS;
 	     i = (i + 1) % LINKS_SLOTS, n++) {
 		if (!links[i].off)
 			return NULL;
-		if (links[i].ino == ino)
+		if (links[i].ino == ino && links[i].dev == dev)
 			return links_pool + links[i].off - 1;
 	}
 	return NULL;
 }
 
-static void links_add(ino_t ino, const char *host)
+static void links_add(dev_t dev, ino_t ino, const char *host)
 {
 	size_t n = strlen(host) + 1;
 	if (links_pool_len + n > sizeof(links_pool))
@@ -467,6 +460,7 @@ static void links_add(ino_t ino, const char *host)
 	     i = (i + 1) % LINKS_SLOTS, k++) {
 		if (!links[i].off) {
 			memcpy(links_pool + links_pool_len, host, n);
+			links[i].dev = dev;
 			links[i].ino = ino;
 			links[i].off = (unsigned)links_pool_len + 1;
 			links_pool_len += n;
@@ -674,7 +668,7 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 		if (S_ISREG(ls.st_mode) && ls.st_mode == st->st_mode &&
 		    ls.st_size == st->st_size && same_time(&ls.st_mtim, &st->st_mtim)) {
 			if (st->st_nlink > 1)
-				links_add(st->st_ino, host_of(w, w->path));
+				links_add(st->st_dev, st->st_ino, host_of(w, w->path));
 			return 0; /* as on the host */
 		}
 	}
@@ -687,7 +681,7 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 		return 0;
 	}
 	if (st->st_nlink > 1) {
-		const char *first = links_find(st->st_ino);
+		const char *first = links_find(st->st_dev, st->st_ino);
 		if (first && link_file(w, first, host) == 0) {
 			w->sum->hardlinks++;
 			return 1;
@@ -712,7 +706,7 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 		w->sum->files++;
 	}
 	if (st->st_nlink > 1)
-		links_add(st->st_ino, host_of(w, w->path));
+		links_add(st->st_dev, st->st_ino, host_of(w, w->path));
 	return 1;
 }
 
@@ -751,7 +745,7 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 	case S_IFIFO: {
 		const char *host = host_of(w, w->path);
 		int host_exists = lstat(host, &hs) == 0;
-		if (host_exists && !S_ISLNK(hs.st_mode) && !S_ISFIFO(hs.st_mode) && conflicts(w, &hs))
+		if (host_exists && conflicts(w, &hs))
 			return 0;
 		if (host_exists && S_ISDIR(hs.st_mode))
 			remove_tree(host);

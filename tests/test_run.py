@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pexpect
 import pytest
-
 from conftest import UMLROOT, run_umlroot
 
 pytestmark = pytest.mark.uml
@@ -220,9 +219,9 @@ def test_stdout_is_a_tty_exactly_when_ours_is(tmp_path: Path) -> None:
 
 
 def test_interactive_session_and_terminal_restored(tmp_path: Path) -> None:
-    shell = pexpect.spawn("sh", ["-c", f"stty -g; {' '.join(UMLROOT)} run -- sh -c "
-                                 "'read line; echo got:$line; exit 3'; echo status:$?; stty -g"],
-                          cwd=str(tmp_path), timeout=60)
+    script = (f"stty -g; {' '.join(UMLROOT)} run -- sh -c "
+              "'read line; echo got:$line; exit 3'; echo status:$?; stty -g")
+    shell = pexpect.spawn("sh", ["-c", script], cwd=str(tmp_path), timeout=60)
     shell.expect(r"([0-9a-f:]+)\r\n")
     before = shell.match.group(1)
     time.sleep(1)

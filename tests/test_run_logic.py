@@ -10,7 +10,13 @@ import pytest
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
 from umlroot.request import DiskLink, Request, TtyFlags
-from umlroot.runner import RunOptions, exit_status, root_path, seccomp_failed, writeback_scopes
+from umlroot.runner import (
+    RunOptions,
+    exit_status,
+    root_path,
+    seccomp_failed,
+    writeback_scopes,
+)
 from umlroot.session import Outcome, Result
 
 

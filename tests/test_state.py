@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import UMLROOT, run_umlroot
+
 from umlroot.state import FORMAT, META_NAME, create_state, read_info
 
 uml = pytest.mark.uml

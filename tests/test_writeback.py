@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import UMLROOT, run_umlroot
+
 from umlroot.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
 
 uml = pytest.mark.uml

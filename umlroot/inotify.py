@@ -18,7 +18,7 @@ class DirectoryWatch:
     """Becomes readable (fileno) when a file in `path` is modified."""
 
     def __init__(self, path: str) -> None:
-        fd = _libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
+        fd: int = _libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self._fd = fd

@@ -122,7 +122,7 @@ class Machine:
                 # Own session: a Ctrl-C on the user's terminal reaches umlroot
                 # (which forwards it to CMD), never UML itself.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - umlroot has no threads
             )
 
     @property

@@ -21,16 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
+from umlroot.disks import prepare_disks
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
-from umlroot.machine import ChannelFds, Machine, MachineSpec, UbdDisk, raise_nofile_limit
+from umlroot.machine import (
+    ChannelFds,
+    Machine,
+    MachineSpec,
+    UbdDisk,
+    raise_nofile_limit,
+)
 from umlroot.request import DiskLink, Request, TtyFlags
-from umlroot.disks import prepare_disks
 from umlroot.scratch import create_scratch
-from umlroot.state import open_state
-from umlroot.writeback import report_writeback
 from umlroot.session import ControlChannel, Outcome, Result, Session, SessionConfig
+from umlroot.state import open_state
 from umlroot.terminal import raw_mode, window_size
+from umlroot.writeback import report_writeback
 
 LOG_TAIL_LINES = 15
 _SAFE_PATH_CHARS = frozenset(
@@ -153,7 +159,7 @@ def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | Non
     if result.boot_error is not None:
         raise UmlrootError(f"the guest failed to start: {result.boot_error}",
                            details=log_tail(log_file),
-                           hint=f"full kernel log: rerun with --keep-scratch or --verbose")
+                           hint="full kernel log: rerun with --keep-scratch or --verbose")
     if result.outcome is None:
         raise UmlrootError("the guest crashed while running the command",
                            details=log_tail(log_file))

@@ -21,6 +21,7 @@ import ctypes.util
 import enum
 import errno
 import os
+import re
 import select
 import signal
 import time
@@ -180,6 +181,12 @@ class StdinSpool:
         self.in_flight.discard(number)
 
 
+def _group(match: object) -> str:
+    """Group 1 of a pexpect match on a bytes stream, as text."""
+    assert isinstance(match, re.Match)
+    return bytes(match.group(1)).decode(errors="replace")
+
+
 class ControlChannel:
     """The host ends of the guest's /dev/tty1."""
 
@@ -204,13 +211,9 @@ class ControlChannel:
             # Anything the guest sent after READY stays for the main loop.
             leftover = child.buffer
             self._partial = leftover if isinstance(leftover, bytes) else b""
-            match = child.match
-            assert match is not None and not isinstance(match, type(pexpect.EOF))
-            return bytes(match.group(1)).decode(errors="replace").strip()
+            return _group(child.match).strip()
         if index == 1:
-            match = child.match
-            assert match is not None and not isinstance(match, type(pexpect.EOF))
-            raise BootFailed(bytes(match.group(1)).decode(errors="replace").strip())
+            raise BootFailed(_group(child.match).strip())
         if index == 2:
             raise BootFailed("the guest stopped before it was ready")
         raise BootFailed(f"the guest was not ready within {timeout:g} s")
