@@ -71,7 +71,8 @@ int writeback(const struct request *req, const char *upper, struct wb_summary *s
  * state_reconcile() runs before the overlay is mounted: an upper-layer file
  * whose host file changed since the state's last run (host ctime >=
  * last_seen) becomes a metacopy of the host file again (host content and
- * mtime win, the state's owner, mode and xattrs stay). state_finish()
+ * mtime win, the state's owner, mode and xattrs stay), and a whiteout
+ * of a path the host made again is dropped. state_finish()
  * records this run (runs+1, last_seen = this run's t0, paths). Both return
  * 0 or -1 after reporting the failing step. */
 #define UR_STATE_META "umlroot-state"

@@ -13,8 +13,10 @@
  * >= last_seen changed on the host since the state last saw it. The host's
  * content wins: the upper file becomes a metacopy of the host file again
  * (data and mtime from the host) and keeps the state's owner, mode and
- * xattrs. Files under an opaque or renamed dir, renamed files and hard
- * links are left alone (their host counterpart is not at the same path).
+ * xattrs. Likewise a path the state deleted (a whiteout) that the host has
+ * made again since shows through again. Files under an opaque or renamed
+ * dir, renamed files and hard links are left alone (their host counterpart
+ * is not at the same path).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -136,6 +138,20 @@ fail:
 	klog("state: refresh %s from the host: %s\n", w->upper, strerror(errno));
 }
 
+/* The state deleted this path, but the host has (re)made it since: the
+ * host's entry shows through again. */
+static void revive_host_entry(struct walk *w)
+{
+	struct stat us;
+	if (lstat(w->upper, &us) < 0 || !S_ISCHR(us.st_mode) || us.st_rdev != 0)
+		return;
+	if (unlink(w->upper) < 0) {
+		klog("state: drop whiteout %s: %s\n", w->upper, strerror(errno));
+		return;
+	}
+	w->stale++;
+}
+
 static int push(char *buf, size_t *len, const char *name)
 {
 	size_t n = strlen(name);
@@ -167,7 +183,7 @@ static void walk(struct walk *w, int check, int depth)
 			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
 				continue;
 			w->paths++;
-			if (d->d_type != DT_DIR && !(check && d->d_type == DT_REG))
+			if (d->d_type != DT_DIR && !(check && (d->d_type == DT_REG || d->d_type == DT_CHR)))
 				continue;
 			size_t ul = w->upper_len, ll = w->lower_len;
 			if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
@@ -181,8 +197,11 @@ static void walk(struct walk *w, int check, int depth)
 				walk(w, check && !renamed && !opaque, depth + 1);
 			} else {
 				struct stat ls;
-				if (lstat(w->lower, &ls) == 0 && S_ISREG(ls.st_mode) &&
-				    later_or_same(&ls.st_ctim, &w->since))
+				if (lstat(w->lower, &ls) < 0 || !later_or_same(&ls.st_ctim, &w->since))
+					goto next;
+				if (d->d_type == DT_CHR)
+					revive_host_entry(w);
+				else if (S_ISREG(ls.st_mode))
 					refresh_from_host(w, &ls);
 			}
 		next:

@@ -185,6 +185,20 @@ def test_command_that_ignores_stdin_does_not_wait_for_it(tmp_path: Path) -> None
         proc.stdin.close()
 
 
+def test_closed_stdout_and_stdin_are_harmless(tmp_path: Path) -> None:
+    script = f'{" ".join(UMLROOT)} run -- sh -c "echo out; echo err >&2" >&- <&-; echo status:$?'
+    result = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, timeout=120,
+                            check=False)
+    assert (result.stdout, result.stderr) == (b"status:0\n", b"err\n")
+
+
+def test_broken_pipe_gives_cmd_sigpipe(tmp_path: Path) -> None:
+    script = f'{" ".join(UMLROOT)} run -- yes | head -n 2; echo "status:${{PIPESTATUS[0]}}"'
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, timeout=120,
+                            check=False)
+    assert result.stdout == b"y\ny\nstatus:141\n"
+
+
 def test_no_kernel_messages_reach_the_user(tmp_path: Path) -> None:
     result = run_umlroot(["run", "--", "true"], cwd=tmp_path)
     assert (result.stdout, result.stderr) == (b"", b"")

@@ -126,3 +126,19 @@ def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
     err = result.stderr.decode()
     assert str(state) in err.splitlines()[0]
     assert "Traceback" not in err
+
+
+@uml
+def test_host_recreates_what_the_state_deleted(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "f").write_text("old\n")
+    first = run_umlroot(["run", "--state", str(state), "--", "rm", "f"], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    assert not (work / "f").exists()
+    (work / "f").write_text("made again on the host\n")
+    second = run_umlroot(["run", "--state", str(state), "--", "cat", "f"], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout == b"made again on the host\n"
+    assert (work / "f").read_text() == "made again on the host\n"

@@ -7,6 +7,7 @@ on stderr and an exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Any
@@ -76,9 +77,24 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _ensure_standard_fds() -> None:
+    """If umlroot was started with fd 0, 1 or 2 closed, the next file it opens
+    would take that number and CMD's output would land in it: hold each
+    closed one open on /dev/null instead."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main() -> None:
     """Console entry point. Usage errors exit 125, like docker/podman run and
     env, so that 1-124 and 126-255 stay CMD's own statuses."""
+    _ensure_standard_fds()
     try:
         status = cli.main(standalone_mode=False)
     except click.UsageError as error:

@@ -114,7 +114,11 @@ class OutputTail:
             except BlockingIOError:
                 select.select([], [self.dest], [])
                 continue
-            except BrokenPipeError:
+            except OSError as error:
+                if error.errno not in (errno.EPIPE, errno.EBADF):
+                    raise
+                # Our reader went away (or there is no such fd): drop the
+                # rest, as writes to a closed pipe would.
                 self.broken = True
                 return
             view = view[written:]
