@@ -17,6 +17,8 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <dirent.h>
+#include <linux/loop.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -779,12 +781,35 @@ static struct outcome run_command(void)
 	return (struct outcome){"exit", WEXITSTATUS(status)};
 }
 
+/* A loop device CMD left attached pins the filesystem it sits on (an image
+ * on a --disk would then be left "needs recovery"): detach them all. */
+static void detach_loop_devices(void)
+{
+	DIR *dir = opendir("/sys/block");
+	struct dirent *entry;
+	if (!dir)
+		return;
+	while ((entry = readdir(dir)) != NULL) {
+		char dev[300];
+		if (strncmp(entry->d_name, "loop", 4) != 0)
+			continue;
+		snprintf(dev, sizeof(dev), "/dev/%s", entry->d_name);
+		int fd = open(dev, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ioctl(fd, LOOP_CLR_FD, 0); /* ENXIO when unbound: nothing to do */
+		close(fd);
+	}
+	closedir(dir);
+}
+
 static void kill_everything(void)
 {
 	/* Nothing may write to the overlay while it is written back. */
 	kill(-1, SIGKILL);
 	while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
 		;
+	detach_loop_devices();
 }
 
 static void do_writeback(void)

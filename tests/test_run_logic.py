@@ -70,7 +70,7 @@ def test_kernel_command_line_is_a_list_with_hex_run_dir() -> None:
     argv = kernel_command_line(spec, ChannelFds(5, 6))
     assert argv[0] == "/k/linux"
     assert f"umlroot_run={b'/tmp/r un'.hex()}" in argv
-    assert {"seccomp=on", "ncpus=4", "con1=fd:5,fd:6", "ubd0=/tmp/s.img", "ubd1r=/d.img"} <= set(argv)
+    assert {"seccomp=on", "ncpus=4", "con1=fd:5,fd:6", "ubd0d=/tmp/s.img", "ubd1rd=/d.img"} <= set(argv)
     ptrace = kernel_command_line(MachineSpec(kernel=Path("/k"), init=Path("/i"), run_dir=Path("/r"),
                                              disks=[], cpus=4, seccomp=False), ChannelFds(5, 6))
     assert not any(a.startswith(("seccomp=", "ncpus=")) for a in ptrace)

@@ -76,7 +76,10 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
     if spec.quiet:
         argv.append("quiet")
     for index, disk in enumerate(spec.disks):
-        argv.append(f"ubd{index}{'r' if disk.read_only else ''}={disk.path}")
+        # `d`: plain data, never a UML COW file, whatever its first bytes
+        # say (a user's image could start with a COW header).
+        flags = ("r" if disk.read_only else "") + "d"
+        argv.append(f"ubd{index}{flags}={disk.path}")
     argv.extend(spec.extra)
     return argv
 

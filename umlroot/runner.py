@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
-from umlroot.disks import prepare_disks
+from umlroot.disks import prepare_disks, validate_disks
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
 from umlroot.machine import (
@@ -260,6 +260,7 @@ def run(options: RunOptions) -> int:
 
     if not options.argv:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
+    validate_disks(options.disks)  # bad input fails before anything is built or booted
     kernel = find_kernel(options.kernel)
     init = build_guest_init()
     cpus = options.cpus or default_cpus(kernel.smp)
