@@ -242,6 +242,17 @@ losetup -d $loop
 
 # --- attaching: ro, SIZE, names, environment ---------------------------------
 
+def test_sixteen_loop_devices_at_once(tmp_path: Path) -> None:
+    """At least 16 loop devices: 8 exist at boot, loop-control makes the rest."""
+    script = """
+set -e
+for i in $(seq 16); do truncate -s 1M /tmp/f$i; losetup -f /tmp/f$i; done
+losetup -a | wc -l
+"""
+    result = guest(tmp_path, script)
+    assert result.stdout.strip() == b"16"
+
+
 def test_read_only_disk_refuses_writes(tmp_path: Path) -> None:
     image = tmp_path / "ro.img"
     subprocess.run([host_tool("mkfs.ext4"), "-q", "-F", str(image), "16M"], check=True)
