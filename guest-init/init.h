@@ -76,6 +76,9 @@ int writeback(const struct request *req, const char *upper, struct wb_summary *s
  * records this run (runs+1, last_seen = this run's t0, paths). Both return
  * 0 or -1 after reporting the failing step. */
 #define UR_STATE_META "umlroot-state"
+/* On upper entries of a --state run that writeback put on the host: if the
+ * host deletes one later, the next run drops it from the state too. */
+#define UR_HOST_MARK "trusted.umlroot.host"
 #define UR_STATE_FORMAT 1
 int state_reconcile(const struct request *req, const char *scratch, const char *lower);
 int state_finish(const struct request *req, const char *scratch);

@@ -14,7 +14,10 @@
  * content wins: the upper file becomes a metacopy of the host file again
  * (data and mtime from the host) and keeps the state's owner, mode and
  * xattrs. Likewise a path the state deleted (a whiteout) that the host has
- * made again since shows through again. Files under an opaque or renamed
+ * made again since shows through again, and a path the host deleted since
+ * goes from the state too if it was a metacopy of the host file (its data
+ * is gone) or writeback had put it on the host (marked UR_HOST_MARK); what
+ * was kept only inside (device nodes, files outside the scopes) stays. Files under an opaque or renamed
  * dir, renamed files and hard links are left alone (their host counterpart
  * is not at the same path).
  */
@@ -152,6 +155,33 @@ static void revive_host_entry(struct walk *w)
 	w->stale++;
 }
 
+/* Under an opaque dir the host file is not seen through: copy its data. */
+static void copy_from_host(struct walk *w, const struct stat *ls)
+{
+	static char buf[1 << 20];
+	struct stat us;
+	if (lstat(w->upper, &us) < 0 || !S_ISREG(us.st_mode) || us.st_nlink > 1 ||
+	    !has_xattr(w->upper, UR_HOST_MARK, NULL, 0))
+		return;
+	int in = open(w->lower, O_RDONLY | O_CLOEXEC);
+	int out = in < 0 ? -1 : open(w->upper, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	ssize_t n = out < 0 ? -1 : 0;
+	while (out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, (size_t)n) != n) {
+			n = -1;
+			break;
+		}
+	struct timespec ts[2] = {{0, UTIME_OMIT}, ls->st_mtim};
+	if (n < 0 || futimens(out, ts) < 0)
+		klog("state: copy %s from the host: %s\n", w->upper, strerror(errno));
+	else
+		w->stale++;
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+}
+
 static int push(char *buf, size_t *len, const char *name)
 {
 	size_t n = strlen(name);
@@ -163,9 +193,64 @@ static int push(char *buf, size_t *len, const char *name)
 	return 0;
 }
 
-/* Walk the upper dir at w->upper; `check` says whether the lower dir at
- * w->lower is its host counterpart (not under an opaque/renamed dir). */
-static void walk(struct walk *w, int check, int depth)
+static void walk(struct walk *w, int check, int marks, int depth);
+
+/* The host no longer has this path. A metacopy has lost its data, and an
+ * entry writeback put on the host was deleted there since: the host wins.
+ * Anything else (device nodes, files kept only inside) stays. */
+static void drop_if_host_deleted(struct walk *w, unsigned char type)
+{
+	char v[2];
+	if (has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0))
+		return; /* renamed: its host counterpart was elsewhere */
+	int metacopy = type == DT_REG && has_xattr(w->upper, "trusted.overlay.metacopy", v, 0);
+	if (!metacopy && !has_xattr(w->upper, UR_HOST_MARK, v, 0))
+		return;
+	if (unlink(w->upper) < 0) {
+		klog("state: drop %s: %s\n", w->upper, strerror(errno));
+		return;
+	}
+	w->stale++;
+}
+
+/* `check`: the lower entry at this path is what the overlay shows under
+ * it (not under an opaque dir). */
+static void reconcile_entry(struct walk *w, unsigned char type, int check)
+{
+	struct stat ls;
+	if (lstat(w->lower, &ls) < 0) {
+		if (errno == ENOENT && type != DT_CHR)
+			drop_if_host_deleted(w, type);
+		return;
+	}
+	if (!later_or_same(&ls.st_ctim, &w->since))
+		return;
+	if (type == DT_CHR && check)
+		revive_host_entry(w);
+	else if (type == DT_REG && S_ISREG(ls.st_mode) && check)
+		refresh_from_host(w, &ls);
+	else if (type == DT_REG && S_ISREG(ls.st_mode))
+		copy_from_host(w, &ls);
+}
+
+/* `marks`: this path is the host path of the entry (not under a renamed
+ * dir), so "the host deleted it" can be told. */
+static void reconcile_dir(struct walk *w, int check, int marks, int depth)
+{
+	char v = 0;
+	int renamed = has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0);
+	int opaque = lgetxattr(w->upper, "trusted.overlay.opaque", &v, 1) == 1 && v == 'y';
+	walk(w, check && !renamed && !opaque, marks && !renamed, depth + 1);
+	/* A dir writeback made that the host removed: gone once empty. */
+	struct stat ls;
+	if (marks && !renamed && lstat(w->lower, &ls) < 0 && errno == ENOENT &&
+	    has_xattr(w->upper, UR_HOST_MARK, NULL, 0) && rmdir(w->upper) == 0)
+		w->stale++;
+}
+
+/* Walk the upper dir at w->upper (see reconcile_entry/reconcile_dir for
+ * `check` and `marks`). */
+static void walk(struct walk *w, int check, int marks, int depth)
 {
 	char buf[DIRBUF];
 	if (depth > MAX_DEPTH)
@@ -183,27 +268,16 @@ static void walk(struct walk *w, int check, int depth)
 			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
 				continue;
 			w->paths++;
-			if (d->d_type != DT_DIR && !(check && (d->d_type == DT_REG || d->d_type == DT_CHR)))
+			if (d->d_type != DT_DIR && !check && !marks)
 				continue;
 			size_t ul = w->upper_len, ll = w->lower_len;
 			if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
 			    push(w->lower, &w->lower_len, d->d_name) < 0)
 				goto next;
-			if (d->d_type == DT_DIR) {
-				char v = 0;
-				int renamed = has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0);
-				int opaque = lgetxattr(w->upper, "trusted.overlay.opaque", &v, 1) == 1 &&
-					     v == 'y';
-				walk(w, check && !renamed && !opaque, depth + 1);
-			} else {
-				struct stat ls;
-				if (lstat(w->lower, &ls) < 0 || !later_or_same(&ls.st_ctim, &w->since))
-					goto next;
-				if (d->d_type == DT_CHR)
-					revive_host_entry(w);
-				else if (S_ISREG(ls.st_mode))
-					refresh_from_host(w, &ls);
-			}
+			if (d->d_type == DT_DIR)
+				reconcile_dir(w, check, marks, depth);
+			else
+				reconcile_entry(w, d->d_type, check);
 		next:
 			w->upper_len = ul;
 			w->upper[ul] = '\0';
@@ -231,7 +305,7 @@ int state_reconcile(const struct request *req, const char *scratch, const char *
 	w.lower_len = (size_t)snprintf(w.lower, sizeof(w.lower), "%s", lower);
 	if (w.lower_len == 1)
 		w.lower_len = 0; /* "/": children are "/name" */
-	walk(&w, 1, 0);
+	walk(&w, 1, 1, 0);
 	klog("state: %lu paths, %lu refreshed from the host\n", w.paths, w.stale);
 	return 0;
 }

@@ -8,10 +8,11 @@
  *
  * Per upper entry (abs path P, host path H = UR_WB + P - scope):
  *   whiteout (char 0:0)     deleted on the host, in the last phase
- *   dir                     created if missing; opaque or renamed
- *                           (trusted.overlay.redirect) dirs are copied
- *                           whole from the merged view and, last phase,
- *                           host entries they no longer hold are removed
+ *   dir                     created if missing; renamed dirs
+ *                           (trusted.overlay.redirect) are copied whole
+ *                           from the merged view; for them and for opaque
+ *                           dirs, host entries they no longer hold are
+ *                           removed in the last phase
  *   regular file            unchanged against the lower (mode, size, mtime)
  *                           -> nothing; metacopy (data still in the lower
  *                           at the same path) -> chmod/utimes only; else
@@ -67,7 +68,6 @@ static const char *const kind_names[K_COUNT] = {
 /* What llistxattr says about an upper entry. */
 struct ovl_attrs {
 	int metacopy, opaque, redirect, other;
-	char redirect_to[PATH_MAX];
 };
 
 struct wb {
@@ -207,12 +207,13 @@ static void failed(struct wb *w, const char *step, int err, const char *path)
 static int read_ovl_attrs(const char *path, struct ovl_attrs *a)
 {
 	char names[XATTR_LIST];
-	memset(a, 0, offsetof(struct ovl_attrs, redirect_to));
-	a->redirect_to[0] = '\0';
+	memset(a, 0, sizeof(*a));
 	ssize_t n = llistxattr(path, names, sizeof(names));
 	if (n < 0)
 		return errno == ENOTSUP ? 0 : -1;
 	for (char *name = names; name < names + n; name += strlen(name) + 1) {
+		if (!strcmp(name, UR_HOST_MARK))
+			continue;
 		if (strncmp(name, OVL_PREFIX, strlen(OVL_PREFIX))) {
 			a->other = 1;
 			continue;
@@ -225,9 +226,7 @@ static int read_ovl_attrs(const char *path, struct ovl_attrs *a)
 			if (lgetxattr(path, name, &v, 1) == 1 && v == 'y')
 				a->opaque = 1;
 		} else if (!strcmp(what, "redirect")) {
-			ssize_t r = lgetxattr(path, name, a->redirect_to, sizeof(a->redirect_to) - 1);
-			a->redirect = 1;
-			a->redirect_to[r > 0 ? r : 0] = '\0';
+			a->redirect = 1; /* renamed: the lower data is elsewhere */
 		}
 	}
 	return 0;
@@ -387,54 +386,56 @@ static int link_file(struct wb *w, const char *first, const char *host)
 	return 0;
 }
 
-static void make_symlink(struct wb *w, const char *src, const char *host, const struct stat *hs,
-			 int host_exists)
+static int make_symlink(struct wb *w, const char *src, const char *host, const struct stat *hs,
+			int host_exists)
 {
 	char target[PATH_MAX], old[PATH_MAX], tmp[PATH_MAX + 64];
 	ssize_t n = readlink(src, target, sizeof(target) - 1);
 	if (n < 0) {
 		failed(w, "readlink", errno, w->path);
-		return;
+		return -1;
 	}
 	target[n] = '\0';
 	if (host_exists && S_ISLNK(hs->st_mode)) {
 		ssize_t m = readlink(host, old, sizeof(old) - 1);
 		if (m == n && !memcmp(old, target, (size_t)n))
-			return;
+			return 0;
 	}
 	tmp_name(w, tmp, sizeof(tmp), host);
 	if (symlink(target, tmp) < 0) {
 		failed(w, "symlink", errno, w->path);
-		return;
+		return -1;
 	}
 	if (rename(tmp, host) < 0) {
 		failed(w, "rename", errno, w->path);
 		unlink(tmp);
-		return;
+		return -1;
 	}
 	w->sum->symlinks++;
+	return 0;
 }
 
-static void make_fifo(struct wb *w, const char *host, const struct stat *st,
-		      const struct stat *hs, int host_exists)
+static int make_fifo(struct wb *w, const char *host, const struct stat *st,
+		     const struct stat *hs, int host_exists)
 {
 	char tmp[PATH_MAX + 64];
 	if (host_exists && S_ISFIFO(hs->st_mode)) {
 		if ((hs->st_mode & 07777) != (st->st_mode & 07777))
 			set_mode(w, -1, host, st->st_mode);
-		return;
+		return 0;
 	}
 	tmp_name(w, tmp, sizeof(tmp), host);
 	if (mknod(tmp, S_IFIFO | (st->st_mode & 07777), 0) < 0) {
 		failed(w, "mkfifo", errno, w->path);
-		return;
+		return -1;
 	}
 	if (rename(tmp, host) < 0) {
 		failed(w, "rename", errno, w->path);
 		unlink(tmp);
-		return;
+		return -1;
 	}
 	w->sum->fifos++;
+	return 0;
 }
 
 /* ---- hard links ---------------------------------------------------------------------- */
@@ -640,13 +641,14 @@ static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs
 		}
 		w->sum->dirs++;
 	}
-	/* Opaque or renamed: the merged view is the whole truth. */
+	/* Renamed: the merged view is the whole truth (entries come from the
+	 * old place). Opaque (new, or `rm -r d; mkdir d`): all entries are in
+	 * the upper layer. Either way, host entries it lacks go at the end. */
 	enum source children = src;
-	if (src == FROM_UPPER && (a->opaque || a->redirect)) {
+	if (src == FROM_UPPER && a->redirect)
 		children = FROM_MERGED;
-		if (host_exists)
-			defer(w, 'p');
-	}
+	if (src == FROM_UPPER && (a->opaque || a->redirect) && host_exists)
+		defer(w, 'p');
 	int wrote = walk_dir(w, children, depth + 1);
 	if (host_exists && lower_same && !wrote)
 		return 0;
@@ -710,6 +712,13 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 	return 1;
 }
 
+/* --state: note on the upper entry that the host has it (see state.c). */
+static void mark_on_host(struct wb *w)
+{
+	if (w->req->persistent && lsetxattr(upper_of(w->path), UR_HOST_MARK, "", 0, 0) < 0)
+		klog("writeback: mark %s: %s\n", w->path, strerror(errno));
+}
+
 /* One entry of a dir being written back; returns 1 if the host changed. */
 static int apply_entry(struct wb *w, enum source src, int depth)
 {
@@ -736,11 +745,14 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 	int have_lower = src == FROM_UPPER && !a.redirect && lstat(lower_of(w->path), &ls) == 0;
 	check_owner(w, &st, have_lower ? &ls : NULL);
 
+	int changed = 0;
 	switch (st.st_mode & S_IFMT) {
 	case S_IFDIR:
-		return apply_dir(w, &st, &a, src, have_lower ? &ls : NULL, depth);
+		changed = apply_dir(w, &st, &a, src, have_lower ? &ls : NULL, depth);
+		break;
 	case S_IFREG:
-		return apply_file(w, &st, &a, src, have_lower ? &ls : NULL);
+		changed = apply_file(w, &st, &a, src, have_lower ? &ls : NULL);
+		break;
 	case S_IFLNK:
 	case S_IFIFO: {
 		const char *host = host_of(w, w->path);
@@ -750,10 +762,10 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 		if (host_exists && S_ISDIR(hs.st_mode))
 			remove_tree(host);
 		if (S_ISLNK(st.st_mode))
-			make_symlink(w, from, host_of(w, w->path), &hs, host_exists);
+			changed = make_symlink(w, from, host_of(w, w->path), &hs, host_exists) == 0;
 		else
-			make_fifo(w, host_of(w, w->path), &st, &hs, host_exists);
-		return 1;
+			changed = make_fifo(w, host_of(w, w->path), &st, &hs, host_exists) == 0;
+		break;
 	}
 	case S_IFCHR:
 	case S_IFBLK:
@@ -765,6 +777,9 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 		report(w, K_SOCKET, NULL, w->path);
 		return 0;
 	}
+	if (changed && src == FROM_UPPER)
+		mark_on_host(w);
+	return changed;
 }
 
 /* Write back every entry of the dir at w->path; returns 1 if the host changed. */

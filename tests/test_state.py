@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import UMLROOT, run_umlroot
 
-from umlroot.state import FORMAT, META_NAME, create_state, read_info
+from umlroot.errors import UmlrootError
+from umlroot.state import FORMAT, META_NAME, create_state, open_state, read_info
 
 uml = pytest.mark.uml
 
@@ -33,6 +34,18 @@ def test_info_of_something_else(tmp_path: Path) -> None:
     assert result.returncode == 125
     assert result.stderr.decode().startswith(f"umlroot: {junk} is not a umlroot state file")
     assert b"Traceback" not in result.stderr
+
+
+def test_guest_mount_failure_names_the_state(tmp_path: Path) -> None:
+    state = tmp_path / "s.img"
+    with pytest.raises(UmlrootError) as caught:
+        with open_state(state, wait=False) as image:
+            assert image == state and read_info(state).runs == 0
+            raise UmlrootError("the guest failed to start: mount scratch disk /dev/ubda: "
+                               "Structure needs cleaning")
+    assert caught.value.message == (
+        f"the state file {state} cannot be mounted in the guest (damaged, or not made by "
+        "umlroot): Structure needs cleaning")
 
 
 def test_state_from_newer_umlroot(tmp_path: Path) -> None:
@@ -142,3 +155,42 @@ def test_host_recreates_what_the_state_deleted(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr.decode()
     assert second.stdout == b"made again on the host\n"
     assert (work / "f").read_text() == "made again on the host\n"
+
+
+@uml
+def test_host_deletions_win_over_the_state(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    (work / "tree").mkdir(parents=True)
+    (work / "tree/host-file").write_text("from the host\n")
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                         "mkdir made && echo x > made/new && chown -R 0:0 tree && "
+                         "mknod tree/dev c 1 3"], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    assert (work / "made/new").read_text() == "x\n"
+    (work / "tree/host-file").unlink()
+    (work / "made/new").unlink()
+    (work / "made").rmdir()
+    second = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                          "ls -A tree; ls -A made 2>&1 || echo no made"], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    # The device node was only ever inside: it stays. The rest follows the host.
+    assert second.stdout.decode().splitlines()[0] == "dev"
+    assert second.stdout.decode().splitlines()[-1] == "no made"
+    assert not (work / "made").exists()
+
+
+@uml
+def test_host_edit_between_runs_is_not_reverted(tmp_path: Path) -> None:
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    work.mkdir()
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                         "mkdir new && echo guest > new/f && chown 7:7 new/f"], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    (work / "new/f").write_text("edited on the host\n")
+    second = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                          "stat -c %u:%g new/f && cat new/f"], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().splitlines() == ["7:7", "edited on the host"]
+    assert (work / "new/f").read_text() == "edited on the host\n"

@@ -129,8 +129,10 @@ def test_chmod_and_touch_only(tmp_path: Path) -> None:
     g = tmp_path / "g"
     g.write_text("other\n")
     before = f.stat().st_mtime_ns
-    run_ok(tmp_path, "chmod 700 f && touch -d @1000000000 g")
+    (tmp_path / "s").write_text("setuid\n")
+    run_ok(tmp_path, "chmod 700 f && touch -d @1000000000 g && chmod 4755 s")
     assert mode(f) == 0o700
+    assert mode(tmp_path / "s") == 0o4755
     assert f.stat().st_mtime_ns == before
     assert f.read_text() == "content\n"
     assert g.stat().st_mtime == 1000000000
@@ -152,10 +154,12 @@ def test_done_when_scenario(tmp_path: Path) -> None:
 @uml
 def test_not_representable_is_reported(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x\n")
-    result = run_ok(tmp_path, "mknod null c 1 3 && chown 1234:5678 f", "--verbose")
+    script = ("mknod null c 1 3 && chown 1234:5678 f && python3 -c "
+              "\"import os; os.setxattr('f', 'user.note', b'1')\"")
+    result = run_ok(tmp_path, script, "--verbose")
     assert not (tmp_path / "null").exists()
     err = result.stderr.decode()
-    assert "kept only inside: 1 device node, 1 owner change" in err
+    assert "kept only inside: 1 device node, 1 owner change, 1 path with xattrs" in err
     assert f"device: {tmp_path}/null" in err
     assert (tmp_path / "f").stat().st_uid == os.getuid()
 
@@ -207,3 +211,21 @@ def test_conflict_keeps_host_version(tmp_path: Path) -> None:
     assert f.read_text() == "edited on the host\n"
     assert (tmp_path / "g").read_text() == "new\n"
     assert f"changed on the host during the run (the host's version kept): {f}" in err.decode()
+
+
+@uml
+def test_directory_replaced_by_a_new_one(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "old").write_text("old\n")
+    (d / "sub/older").write_text("older\n")
+    run_ok(tmp_path, "rm -r d && mkdir d && echo new > d/new")
+    assert sorted(p.name for p in d.iterdir()) == ["new"]
+    assert (d / "new").read_text() == "new\n"
+
+
+@uml
+def test_big_file_round_trip(tmp_path: Path) -> None:
+    run_ok(tmp_path, "head -c 20000000 /dev/urandom > big && sha256sum big > big.sum")
+    check = subprocess.run(["sha256sum", "-c", "big.sum"], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr

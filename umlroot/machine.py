@@ -7,8 +7,6 @@ runs inside is the session's business.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import resource
 import signal
@@ -18,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
+from umlroot.libc import libc
 
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def raise_nofile_limit() -> None:
 
 def _die_with_parent() -> None:
     # If umlroot is killed outright, the kernel kills UML too: no leftovers.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Machine:

@@ -16,8 +16,6 @@ Data paths (see guest-init/init.c for the other side):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
 import errno
 import os
@@ -33,13 +31,12 @@ import pexpect
 import pexpect.fdpexpect
 
 from umlroot.inotify import DirectoryWatch
+from umlroot.libc import libc
 from umlroot.machine import Machine
 from umlroot.terminal import window_size
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 READ_CHUNK = 1 << 20
 STDIN_CHUNK = 4 << 20  # the init's stdin buffer is 4 MiB
@@ -80,7 +77,7 @@ class BootFailed(Exception):
 
 def _punch_hole(fd: int, start: int, end: int) -> None:
     if end > start:
-        _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start)
+        libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start)
 
 
 class OutputTail:

@@ -175,7 +175,7 @@ def open_state(path: Path, *, wait: bool) -> Iterator[Path]:
                 raise
             raise UmlrootError(
                 f"the state file {path} cannot be mounted in the guest (damaged, or not made "
-                f"by umlroot): {error.message.split(': ', 1)[-1]}",
+                f"by umlroot): {error.message.rsplit(': ', 1)[-1]}",
                 details=error.details,
                 hint=f"check it with `e2fsck -f {path}`, or move it away to start afresh",
             ) from None
