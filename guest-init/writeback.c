@@ -24,10 +24,12 @@
  * the run: it is left alone and reported as a conflict.
  * Deletions come last: a renamed file's data is read from its old place.
  *
- * Report: IO/writeback.report, lines "<kind>\t<path>" (kinds: conflict,
- * outside, owner, device, socket, xattr, modebits, failed), paths with
- * '\\' and newline escaped as \\ and \n. Without --verbose each kind is
- * capped at REPORT_CAP lines.
+ * Report: IO/writeback.report, lines "<kind>\t[<detail>\t]<path>" (kinds:
+ * conflict, outside, owner, device, socket, xattr, modebits, failed; detail
+ * for owner "uid:gid", for failed "step: error"), paths with '\\' and
+ * newline escaped as \\ and \n. Without --verbose each kind is capped at
+ * REPORT_CAP lines. With --state, written entries are marked in the upper
+ * layer (UR_HOST_MARK, see state.c).
  */
 #define _GNU_SOURCE
 #include <dirent.h>

@@ -247,6 +247,17 @@ def test_interactive_session_and_terminal_restored(tmp_path: Path) -> None:
     shell.expect(pexpect.EOF)
 
 
+def test_ctrl_c_on_the_terminal_reaches_command(tmp_path: Path) -> None:
+    script = 'trap "echo caught; exit 5" INT; echo ready; sleep 60 & wait'
+    child = spawn_in_pty(["run", "--", "sh", "-c", script], tmp_path)
+    child.expect("ready")
+    child.sendintr()
+    child.expect("caught")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5
+
+
 # -- signals, timeout, crashes: and nothing left behind ---------------------------------------------
 
 
