@@ -54,7 +54,8 @@
 static int ctl_fd = -1;
 static int kmsg_fd = -1;
 static struct request req;
-static char request_buf[1 << 20];
+/* Linux caps argv + environment at ARG_MAX-ish sizes (2 MiB by default). */
+static char request_buf[4 << 20];
 static char relay_buf[RELAY_BUF];
 static char stdin_buf[STDIN_CHUNK_MAX];
 
@@ -560,18 +561,16 @@ static void stdin_load(struct stdin_state *st)
 
 /* ---- relay ---------------------------------------------------------------------- */
 
-static long uptime_ms(void)
+static long clock_ms(clockid_t clock)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_BOOTTIME, &ts);
+	clock_gettime(clock, &ts);
 	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
 static long now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+	return clock_ms(CLOCK_MONOTONIC);
 }
 
 /* A short read while output streams means we woke up for every small
@@ -836,10 +835,10 @@ int main(void)
 		fprintf(stderr, "umlroot-init: must run as PID 1 of a UML guest\n");
 		return 2;
 	}
-	long init_started = uptime_ms();
+	long init_started = clock_ms(CLOCK_BOOTTIME);
 	boot();
 	/* The host shows these in --verbose's timing breakdown. */
-	ctl_say("READY %ld %ld", init_started, uptime_ms());
+	ctl_say("READY %ld %ld", init_started, clock_ms(CLOCK_BOOTTIME));
 	struct outcome out = run_command();
 	ctl_say("EXIT %s %d", out.kind, out.value);
 	kill_everything();
