@@ -379,7 +379,6 @@ struct stream {
 	int file;        /* IO/out.N we write it to */
 	long written;    /* bytes written to the file */
 	long acked;      /* bytes the host has consumed */
-	long last_read_ms; /* when we last read from src */
 };
 
 struct child_io {
@@ -456,7 +455,7 @@ static pid_t start_command(struct child_io *io)
 	io->in_w = -1;
 	for (int i = 0; i < 3; i++) {
 		io->out[i].src = -1;
-		io->out[i].written = io->out[i].acked = io->out[i].last_read_ms = 0;
+		io->out[i].written = io->out[i].acked = 0;
 		io->out[i].file = -1;
 	}
 	if (req.tty_out || req.tty_err || (req.tty_in && req.tty_out)) {
@@ -573,13 +572,6 @@ static long now_ms(void)
 	return clock_ms(CLOCK_MONOTONIC);
 }
 
-/* A short read while output streams means we woke up for every small
- * write CMD made; each wakeup is a host context switch (~100 us). Pausing
- * briefly lets the pipe fill: 256 MiB of `head -c` output went from 6 s to
- * about 1.5 s. Interactive output sees at most this much extra latency. */
-#define BATCH_PAUSE_NS 1000000L
-#define BATCH_MIN (256 << 10)
-
 static int relay_output(struct stream *s)
 {
 	ssize_t n = read(s->src, relay_buf, sizeof(relay_buf));
@@ -592,12 +584,6 @@ static int relay_output(struct stream *s)
 		return -1;
 	write_all(s->file, relay_buf, (size_t)n);
 	s->written += n;
-	long now = now_ms();
-	if (n < BATCH_MIN && now - s->last_read_ms < 10) {
-		struct timespec pause = {0, BATCH_PAUSE_NS};
-		nanosleep(&pause, NULL);
-	}
-	s->last_read_ms = now;
 	return 0;
 }
 
