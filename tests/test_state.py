@@ -10,6 +10,7 @@ import pytest
 from conftest import UMLROOT, run_umlroot
 
 from umlroot.errors import UmlrootError
+from umlroot.scratch import find_tool
 from umlroot.state import FORMAT, META_NAME, create_state, open_state, read_info
 
 uml = pytest.mark.uml
@@ -53,9 +54,12 @@ def test_state_from_newer_umlroot(tmp_path: Path) -> None:
     create_state(state)
     meta = tmp_path / "meta"
     meta.write_text(f"format={FORMAT + 1}\ncreated=1\nruns=0\n")
-    subprocess.run(["debugfs", "-w", "-R", f"rm {META_NAME}", str(state)],
+    # debugfs lives in /sbin, off an ordinary user's PATH on Debian.
+    debugfs = find_tool("debugfs")
+    assert debugfs is not None
+    subprocess.run([debugfs, "-w", "-R", f"rm {META_NAME}", str(state)],
                    check=True, capture_output=True)
-    subprocess.run(["debugfs", "-w", "-R", f"write {meta} {META_NAME}", str(state)],
+    subprocess.run([debugfs, "-w", "-R", f"write {meta} {META_NAME}", str(state)],
                    check=True, capture_output=True)
     result = run_umlroot(["run", "--state", str(state), "--", "true"], cwd=tmp_path)
     assert result.returncode == 125

@@ -23,18 +23,21 @@ def find_tool(name: str) -> str | None:
     return found
 
 
-def format_ext4(image: Path, size: int, *, journal: bool) -> None:
+def format_ext4(image: Path, size: int, *, durable: bool) -> None:
     """Create `image` as a sparse file of `size` bytes holding a fresh ext4.
 
     Measured here: ~10 ms on the host with lazy init, whatever the size,
     against hundreds of ms of guest syscalls for mkfs inside UML.
+    A durable image (a --state file) keeps the journal and metadata
+    checksums; a throwaway scratch disk drops both: crc32c alone was 8% of
+    the guest's CPU time in a `chown -R` over 5,000 files.
     """
     mkfs = find_tool("mkfs.ext4")
     if mkfs is None:
         raise UmlrootError("mkfs.ext4 not found", hint="install e2fsprogs")
     with open(image, "wb") as f:
         f.truncate(size)
-    features = [] if journal else ["-O", "^has_journal"]
+    features = [] if durable else ["-O", "^has_journal,^metadata_csum"]
     argv = [mkfs, "-q", "-F", "-m", "0", *features,
             "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(image)]
     log.show_command(argv)
@@ -45,5 +48,5 @@ def format_ext4(image: Path, size: int, *, journal: bool) -> None:
 
 
 def create_scratch(image: Path) -> None:
-    """A throwaway scratch disk: no journal (a crash discards it anyway)."""
-    format_ext4(image, SCRATCH_SIZE, journal=False)
+    """A throwaway scratch disk (a crash discards it anyway)."""
+    format_ext4(image, SCRATCH_SIZE, durable=False)

@@ -121,7 +121,7 @@ def _check_format(info: StateInfo) -> None:
 def create_state(path: Path) -> None:
     """Format `path` as a fresh state: sparse ext4 with a journal, plus the
     metadata file."""
-    format_ext4(path, STATE_SIZE, journal=True)
+    format_ext4(path, STATE_SIZE, durable=True)
     meta = f"format={FORMAT}\ncreated={int(time.time())}\nruns=0\nlast_seen=0\npaths=0\n"
     with tempfile.NamedTemporaryFile("w", prefix="umlroot-state-") as f:
         f.write(meta)
