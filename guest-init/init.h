@@ -8,6 +8,7 @@
 #ifndef UMLROOT_INIT_H
 #define UMLROOT_INIT_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <time.h>
@@ -49,6 +50,19 @@ struct request {
 	struct disk disks[UR_MAX_DISKS];
 	int ndisks;
 };
+
+/* Directory iteration (dir.c): entries other than "." and "..". */
+struct dir_iter {
+	int fd;
+	int error;            /* errno of a failed getdents64, or 0 */
+	int ended;
+	int short_batch_ends; /* caller knows the fs: a short batch is the last */
+	long len, off;
+	char buf[16384];
+};
+int dir_open(struct dir_iter *it, const char *path);
+struct dirent64 *dir_next(struct dir_iter *it);
+void dir_close(struct dir_iter *it);
 
 /* Control channel (init.c). ctl_say() writes one line to the host. */
 void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -30,14 +30,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include "init.h"
 
 #define META_MAX 4096
-#define DIRBUF 16384
 #define MAX_DEPTH 200
 
 struct meta {
@@ -252,40 +250,28 @@ static void reconcile_dir(struct walk *w, int check, int marks, int depth)
  * `check` and `marks`). */
 static void walk(struct walk *w, int check, int marks, int depth)
 {
-	char buf[DIRBUF];
-	if (depth > MAX_DEPTH)
+	struct dir_iter it;
+	struct dirent64 *d;
+	if (depth > MAX_DEPTH || dir_open(&it, w->upper) < 0)
 		return;
-	int fd = open(w->upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
-				continue;
-			w->paths++;
-			if (d->d_type != DT_DIR && !check && !marks)
-				continue;
-			size_t ul = w->upper_len, ll = w->lower_len;
-			if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
-			    push(w->lower, &w->lower_len, d->d_name) < 0)
-				goto next;
+	while ((d = dir_next(&it)) != NULL) {
+		w->paths++;
+		if (d->d_type != DT_DIR && !check && !marks)
+			continue;
+		size_t ul = w->upper_len, ll = w->lower_len;
+		if (push(w->upper, &w->upper_len, d->d_name) == 0 &&
+		    push(w->lower, &w->lower_len, d->d_name) == 0) {
 			if (d->d_type == DT_DIR)
 				reconcile_dir(w, check, marks, depth);
 			else
 				reconcile_entry(w, d->d_type, check);
-		next:
-			w->upper_len = ul;
-			w->upper[ul] = '\0';
-			w->lower_len = ll;
-			w->lower[ll] = '\0';
 		}
+		w->upper_len = ul;
+		w->upper[ul] = '\0';
+		w->lower_len = ll;
+		w->lower[ll] = '\0';
 	}
-	close(fd);
+	dir_close(&it);
 }
 
 int state_reconcile(const struct request *req, const char *scratch, const char *lower)
@@ -312,31 +298,20 @@ int state_reconcile(const struct request *req, const char *scratch, const char *
 
 static unsigned long count_paths(char *path, size_t len, int depth)
 {
-	char buf[DIRBUF];
+	struct dir_iter it;
+	struct dirent64 *d;
 	unsigned long count = 0;
-	if (depth > MAX_DEPTH)
+	if (depth > MAX_DEPTH || dir_open(&it, path) < 0)
 		return 0;
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
-				continue;
-			count++;
-			size_t sub = len;
-			if (d->d_type == DT_DIR && push(path, &sub, d->d_name) == 0) {
-				count += count_paths(path, sub, depth + 1);
-				path[len] = '\0';
-			}
+	while ((d = dir_next(&it)) != NULL) {
+		count++;
+		size_t sub = len;
+		if (d->d_type == DT_DIR && push(path, &sub, d->d_name) == 0) {
+			count += count_paths(path, sub, depth + 1);
+			path[len] = '\0';
 		}
 	}
-	close(fd);
+	dir_close(&it);
 	return count;
 }
 

@@ -40,7 +40,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -53,7 +52,6 @@
 #define REPORT_PATH UR_IO "/writeback.report"
 #define REPORT_CAP 20
 #define MAX_DEPTH 200
-#define DIRBUF 16384
 #define COPY_CHUNK (1 << 20)
 #define XATTR_LIST 4096
 #define OVL_PREFIX "trusted.overlay."
@@ -496,26 +494,18 @@ static int remove_entry(const char *host, const struct stat *hs)
 
 static int remove_tree(const char *host)
 {
-	char buf[DIRBUF], child[PATH_MAX];
-	int fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
+	char child[PATH_MAX];
+	struct dir_iter it;
+	struct dirent64 *d;
+	if (dir_open(&it, host) < 0)
 		return -1;
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
-				continue;
-			struct stat cs;
-			snprintf(child, sizeof(child), "%s/%s", host, d->d_name);
-			if (lstat(child, &cs) == 0)
-				remove_entry(child, &cs);
-		}
+	while ((d = dir_next(&it)) != NULL) {
+		struct stat cs;
+		snprintf(child, sizeof(child), "%s/%s", host, d->d_name);
+		if (lstat(child, &cs) == 0)
+			remove_entry(child, &cs);
 	}
-	close(fd);
+	dir_close(&it);
 	return rmdir(host);
 }
 
@@ -537,29 +527,22 @@ static void apply_whiteout(struct wb *w)
 /* An opaque or renamed dir: remove host entries it no longer holds. */
 static void apply_prune(struct wb *w)
 {
-	char buf[DIRBUF], host[PATH_MAX + 64];
+	char host[PATH_MAX + 64];
+	struct dir_iter it;
+	struct dirent64 *d;
 	join(host, UR_WB, w->path + w->scope_len);
-	int fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
+	if (dir_open(&it, host) < 0)
 		return;
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			struct stat ms;
-			size_t old;
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, "..") ||
-			    path_push(w, d->d_name, &old) < 0)
-				continue;
-			if (lstat(merged_of(w->path), &ms) < 0 && errno == ENOENT)
-				apply_whiteout(w);
-			path_pop(w, old);
-		}
+	while ((d = dir_next(&it)) != NULL) {
+		struct stat ms;
+		size_t old;
+		if (path_push(w, d->d_name, &old) < 0)
+			continue;
+		if (lstat(merged_of(w->path), &ms) < 0 && errno == ENOENT)
+			apply_whiteout(w);
+		path_pop(w, old);
 	}
-	close(fd);
+	dir_close(&it);
 }
 
 /* Directory times after deletions: the merged dir's times, once per dir. */
@@ -787,42 +770,31 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 /* Write back every entry of the dir at w->path; returns 1 if the host changed. */
 static int walk_dir(struct wb *w, enum source src, int depth)
 {
-	char buf[DIRBUF];
+	struct dir_iter it;
+	struct dirent64 *d;
 	int wrote = 0;
 	if (depth > MAX_DEPTH) {
 		failed(w, "walk", ELOOP, w->path);
 		return 0;
 	}
 	const char *dir = src == FROM_UPPER ? upper_of(w->path) : merged_of(w->path);
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0) {
+	if (dir_open(&it, dir) < 0) {
 		failed(w, "open dir", errno, w->path);
 		return 0;
 	}
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n < 0)
-			failed(w, "readdir", errno, w->path);
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			size_t old;
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
-				continue;
-			if (path_push(w, d->d_name, &old) < 0) {
-				failed(w, "path too long", ENAMETOOLONG, w->path);
-				continue;
-			}
-			wrote |= apply_entry(w, src, depth);
-			path_pop(w, old);
+	it.short_batch_ends = src == FROM_UPPER; /* the upper layer is ext4 */
+	while ((d = dir_next(&it)) != NULL) {
+		size_t old;
+		if (path_push(w, d->d_name, &old) < 0) {
+			failed(w, "path too long", ENAMETOOLONG, w->path);
+			continue;
 		}
-		/* ext4 fills the buffer unless the directory ended: spare a call. */
-		if (src == FROM_UPPER && n < (long)sizeof(buf) - 512)
-			break;
+		wrote |= apply_entry(w, src, depth);
+		path_pop(w, old);
 	}
-	close(fd);
+	if (it.error)
+		failed(w, "readdir", it.error, w->path);
+	dir_close(&it);
 	return wrote;
 }
 
@@ -888,36 +860,25 @@ static void outside_entry(struct wb *w, unsigned char type, int depth)
  * way (so the upper layer is read once) and counting everything else. */
 static void count_outside(struct wb *w, int depth)
 {
-	char buf[DIRBUF];
-	if (depth > MAX_DEPTH)
-		return;
-	int fd = open(upper_of(w->path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
+	struct dir_iter it;
+	struct dirent64 *d;
+	if (depth > MAX_DEPTH || dir_open(&it, upper_of(w->path)) < 0)
 		return;
 	char here[PATH_MAX];
 	memcpy(here, w->path, w->len + 1);
 	size_t here_len = w->len;
-	for (;;) {
-		long n = syscall(SYS_getdents64, fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (long off = 0; off < n;) {
-			struct dirent64 *d = (struct dirent64 *)(buf + off);
-			size_t old;
-			off += d->d_reclen;
-			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
-				continue;
-			/* write_scope() reuses w->path: restore it after each entry. */
-			memcpy(w->path, here, here_len + 1);
-			w->len = here_len;
-			if (path_push(w, d->d_name, &old) < 0)
-				continue;
-			outside_entry(w, d->d_type, depth);
-		}
+	while ((d = dir_next(&it)) != NULL) {
+		size_t old;
+		/* write_scope() reuses w->path: restore it after each entry. */
+		memcpy(w->path, here, here_len + 1);
+		w->len = here_len;
+		if (path_push(w, d->d_name, &old) < 0)
+			continue;
+		outside_entry(w, d->d_type, depth);
 	}
 	memcpy(w->path, here, here_len + 1);
 	w->len = here_len;
-	close(fd);
+	dir_close(&it);
 }
 
 static int prepare(void)
