@@ -211,6 +211,16 @@ def test_verbose_shows_log_and_timing_on_stderr(tmp_path: Path) -> None:
     assert b"umlroot: timing: scratch" in result.stderr
 
 
+def test_concurrent_runs_do_not_interfere(tmp_path: Path, private_tmp: dict[str, str]) -> None:
+    procs = [subprocess.Popen([*UMLROOT, "run", "--", "sh", "-c", f"sleep 1; echo run{i}"],
+                              cwd=tmp_path, env=private_tmp, stdout=subprocess.PIPE)
+             for i in range(3)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert outputs == [b"run0\n", b"run1\n", b"run2\n"]
+    assert [proc.returncode for proc in procs] == [0, 0, 0]
+    assert_no_leftovers(private_tmp)
+
+
 # -- terminals ---------------------------------------------------------------------------------------
 
 

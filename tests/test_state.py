@@ -39,11 +39,10 @@ def test_info_of_something_else(tmp_path: Path) -> None:
 
 def test_guest_mount_failure_names_the_state(tmp_path: Path) -> None:
     state = tmp_path / "s.img"
-    with pytest.raises(UmlrootError) as caught:
-        with open_state(state, wait=False) as image:
-            assert image == state and read_info(state).runs == 0
-            raise UmlrootError("the guest failed to start: mount scratch disk /dev/ubda: "
-                               "Structure needs cleaning")
+    with pytest.raises(UmlrootError) as caught, open_state(state, wait=False) as image:
+        assert image == state and read_info(state).runs == 0
+        raise UmlrootError("the guest failed to start: mount scratch disk /dev/ubda: "
+                           "Structure needs cleaning")
     assert caught.value.message == (
         f"the state file {state} cannot be mounted in the guest (damaged, or not made by "
         "umlroot): Structure needs cleaning")
@@ -168,8 +167,8 @@ def test_host_deletions_win_over_the_state(tmp_path: Path) -> None:
     (work / "tree").mkdir(parents=True)
     (work / "tree/host-file").write_text("from the host\n")
     first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
-                         "mkdir made && echo x > made/new && chown -R 0:0 tree && "
-                         "mknod tree/dev c 1 3"], cwd=work)
+                         ("mkdir made && echo x > made/new && chown -R 0:0 tree && "
+                          "mknod tree/dev c 1 3")], cwd=work)
     assert first.returncode == 0, first.stderr.decode()
     assert (work / "made/new").read_text() == "x\n"
     (work / "tree/host-file").unlink()
