@@ -21,16 +21,21 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 
 
 @click.command("run", context_settings={"allow_interspersed_args": False,
-                                        "ignore_unknown_options": True})
-@click.option("--mem", default="1G", show_default=True, callback=_check_mem,
+                                        "ignore_unknown_options": True},
+               options_metavar="[OPTIONS] --",
+               epilog="Exit status: COMMAND's own; 128+N if it died of signal N; 124 when "
+                      "--timeout expired; 125 when umlroot failed; 126 if COMMAND cannot be "
+                      "executed; 127 if it was not found.")
+@click.option("--mem", default="1G", show_default=True, callback=_check_mem, metavar="SIZE",
               help="Guest memory (K/M/G suffix). Sparse: only what the guest uses costs host memory.")
-@click.option("--cpus", type=click.IntRange(1, 8), default=None,
+@click.option("--cpus", type=click.IntRange(1, 8), default=None, metavar="N",
               help="Guest CPUs [default: host CPUs, at most 8; 1 for a kernel without SMP].")
 @click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="UML kernel to boot [default: see `umlroot kernel info`].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
               help="Stop the guest after SECONDS; exit 124, nothing written back.")
-@click.option("--writable", multiple=True, type=click.Path(path_type=Path),
+@click.option("--writable", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Also write back changes under this directory (repeatable).")
 @click.option("--no-writeback", is_flag=True,
               help="Write nothing back to the host; changes are discarded.")
@@ -45,7 +50,8 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               help="Keep the run directory (scratch disk, kernel log) and print where.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the kernel log and a timing breakdown on stderr.")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True,
+                metavar="COMMAND [ARGS]...")
 def run_command(mem: str, cpus: int | None, kernel: Path | None, timeout: float | None,
                 writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
                 no_wait: bool, disks: tuple[str, ...], keep_scratch: bool,
