@@ -293,9 +293,10 @@ def run(options: RunOptions) -> int:
                            quiet=not options.verbose, extra=kernel.boot_args)
         config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
                                pty_to_stdout=tty.stdout, timeout=options.timeout)
-        if tty.interactive:
-            stack.enter_context(raw_mode(0))
-        result = boot_and_run(spec, config, log_file, started)
+        # Raw only while the guest runs: our own messages below need the
+        # terminal's normal newline handling.
+        with raw_mode(0) if tty.interactive else contextlib.nullcontext():
+            result = boot_and_run(spec, config, log_file, started)
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
