@@ -18,11 +18,11 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import cache_dir, exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.kernel import fragment, probe, store
+from umlroot.kernel import fragment, patches, probe, store
 from umlroot.kernel import source as ksource
 from umlroot.kernel.version import KernelVersion, check_buildable
 
-REQUIRED_TOOLS = ("gcc", "make", "flex", "bison", "bc", "xz", "tar")
+REQUIRED_TOOLS = ("gcc", "make", "flex", "bison", "bc", "xz", "tar", "patch")
 # CC steps of the last measured build (7.3, defconfig + fragment): the first
 # build's progress estimate; later builds use the previous build's count.
 DEFAULT_COMPILE_STEPS = 980
@@ -236,6 +236,24 @@ def obtain_tree(plan: SourcePlan, ws: Workspace) -> tuple[Path, Path | None]:
     return ksource.unpack_tarball(tarball, ws.root / "src"), None
 
 
+def apply_patches(tree: Path, plan: SourcePlan, ws: Workspace) -> None:
+    """umlroot's kernel patches, on trees umlroot unpacked itself; a tree the
+    user named is built out of tree and never modified."""
+    shipped = patches.shipped_patches()
+    if plan.kind is ksource.SourceKind.TREE:
+        if shipped:
+            log.warn("umlroot's kernel patches are not applied to a tree you named "
+                     "(guest system calls will be slower): "
+                     + ", ".join(patch.name for patch in shipped))
+        return
+    for patch in shipped:
+        log.say(f"patching: {patch.name}")
+        patch_file = ws.root / patch.name
+        patch_file.write_bytes(patch.text)
+        run_logged(patches.patch_command(patch_file), cwd=tree, log_file=ws.log_file,
+                   step=f"applying {patch.name}")
+
+
 def configure(tree: Path, obj: Path | None, options: list[fragment.Option],
               ws: Workspace) -> Path:
     log.say("configuring: defconfig + umlroot's kernel.config")
@@ -282,10 +300,12 @@ def build_kernel(options: BuildOptions) -> BuildResult:
                                 "xz-utils libc6-dev`", exit_code=ExitCode.FAILED)
     text = fragment.fragment_text()
     frag_options = fragment.parse_fragment(text)
-    frag_hash = fragment.fragment_hash(text)
     # Planning runs under the lock too: it shares the private APT state in the cache.
     with exclusive_lock(store.lock_path(), what="another kernel build", say=log.say):
         plan = plan_source(options)
+        # A tree the user named is not patched (see apply_patches): say so in its id.
+        unpatched = plan.kind is ksource.SourceKind.TREE
+        frag_hash = patches.build_id(text, [] if unpatched else None)
         if plan.version is not None:
             for warning in check_buildable(plan.version):
                 log.warn(warning)
@@ -314,6 +334,7 @@ def _build_locked(options: BuildOptions, plan: SourcePlan,
         if plan.version is None:
             for warning in warnings:
                 log.warn(warning)
+        apply_patches(tree, plan, ws)
         config = configure(tree, obj, frag_options, ws)
         jobs = options.jobs or os.cpu_count() or 1
         progress = Progress(_expected_steps())

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store
-from umlroot.kernel.fragment import fragment_hash, fragment_text
+from umlroot.kernel.fragment import fragment_text
+from umlroot.kernel.patches import build_id
 
 SYSTEM_KERNELS = (Path("/usr/bin/linux.uml"), Path("/usr/bin/linux"))
 BUILD_HINT = "run `umlroot kernel build` (about 10 minutes, once)"
@@ -80,7 +81,7 @@ def _named(path: Path, origin: Origin, how: str) -> KernelChoice:
 
 
 def from_cache() -> KernelChoice | None:
-    current = fragment_hash(fragment_text())
+    current = build_id(fragment_text())
     entry = store.best(store.installed(), current)
     if entry is None:
         return None

@@ -1,0 +1,42 @@
+"""umlroot's own kernel patches: `umlroot/kernel/patches/*.patch`, applied in
+name order to every kernel tree umlroot unpacks itself.
+
+Each patch says in its header why it exists and what it measured. They
+are part of what identifies a build, with the fragment: changing either
+makes the next `umlroot kernel build` rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from umlroot.kernel import fragment
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    text: bytes
+
+
+def shipped_patches() -> list[Patch]:
+    folder = resources.files("umlroot.kernel").joinpath("patches")
+    return sorted((Patch(entry.name, entry.read_bytes()) for entry in folder.iterdir()
+                   if entry.name.endswith(".patch")), key=lambda patch: patch.name)
+
+
+def build_id(fragment_text: str, patches: list[Patch] | None = None) -> str:
+    """What identifies a build besides the kernel version: the fragment's
+    options and the patches (names and contents)."""
+    digest = hashlib.sha256(fragment.fragment_hash(fragment_text).encode())
+    for patch in shipped_patches() if patches is None else patches:
+        digest.update(b"\0" + patch.name.encode() + b"\0" + patch.text)
+    return digest.hexdigest()[:12]
+
+
+def patch_command(patch_file: Path) -> list[str]:
+    """`patch` invocation for one patch file, run in the top of the tree."""
+    return ["patch", "-p1", "--forward", "--batch", "-i", str(patch_file)]
