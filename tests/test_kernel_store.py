@@ -22,10 +22,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def record(**changes: object) -> store.Record:
-    fields: dict[str, object] = dict(
-        version="7.3.4", fragment_hash="abc123", source="debian linux-source-7.3",
-        source_id="debian:linux-source-7.3=7.3.4-1", smp=True, build_seconds=300.0,
-        built_at="2026-01-01T00:00:00+00:00", compile_steps=974)
+    fields: dict[str, object] = {
+        "version": "7.3.4", "fragment_hash": "abc123", "source": "debian linux-source-7.3",
+        "source_id": "debian:linux-source-7.3=7.3.4-1", "smp": True, "build_seconds": 300.0,
+        "built_at": "2026-01-01T00:00:00+00:00", "compile_steps": 974}
     fields.update(changes)
     return store.Record(**fields)  # type: ignore[arg-type]
 

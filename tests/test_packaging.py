@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_umlroot
 
 pytestmark = pytest.mark.uml
@@ -22,10 +21,9 @@ def test_dpkg_deb_build_gives_root_owned_package(tmp_path: Path) -> None:
         "Package: hello\nVersion: 1.0\nArchitecture: all\nMaintainer: A <a@example.org>\n"
         "Description: test package\n")
     shutil.copy("/bin/true", tmp_path / "pkg/usr/bin/hello")
-    result = run_umlroot(["run", "--", "sh", "-c",
-                          "chown -R 0:0 pkg && chown 0:12 pkg/usr/bin/hello && "
-                          "chmod 2755 pkg/usr/bin/hello && dpkg-deb --build pkg hello.deb"],
-                         cwd=tmp_path)
+    script = ("chown -R 0:0 pkg && chown 0:12 pkg/usr/bin/hello && "
+              "chmod 2755 pkg/usr/bin/hello && dpkg-deb --build pkg hello.deb")
+    result = run_umlroot(["run", "--", "sh", "-c", script], cwd=tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     listing = subprocess.run(["dpkg-deb", "-c", str(tmp_path / "hello.deb")],
                              capture_output=True, text=True, check=True).stdout.splitlines()
