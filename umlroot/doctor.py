@@ -24,7 +24,7 @@ import click
 
 from umlroot.errors import UmlrootError
 from umlroot.kernel import probe
-from umlroot.kernel.build import missing_tools
+from umlroot.kernel.build import REQUIRED_TOOLS, missing_tools
 from umlroot.kernel.select import KernelChoice, find_kernel
 
 # Guest memory `umlroot run` maps from its temp dir by default (plus headroom).
@@ -130,11 +130,11 @@ def compile_static_probe(name: str) -> Check:
 def check_build_tools(have_kernel: bool) -> Check:
     missing = missing_tools()
     if not missing:
-        return Check("kernel build tools", Status.OK, "gcc make flex bison bc xz tar")
+        return Check("kernel build tools", Status.OK, " ".join(REQUIRED_TOOLS))
     # Only `umlroot kernel build` needs them: with a kernel at hand this is a warning.
     return Check("kernel build tools", Status.WARN if have_kernel else Status.FAIL,
                  f"missing: {' '.join(missing)}",
-                 "Debian: apt-get install gcc make flex bison bc xz-utils libc6-dev")
+                 "Debian: apt-get install gcc make flex bison bc xz-utils patch libc6-dev")
 
 
 def uml_temp_dir() -> Path:

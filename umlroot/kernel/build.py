@@ -297,7 +297,7 @@ def build_kernel(options: BuildOptions) -> BuildResult:
     if missing:
         raise UmlrootError(f"missing build tools: {', '.join(missing)}",
                            hint="install them, e.g. `apt-get install gcc make flex bison bc "
-                                "xz-utils libc6-dev`", exit_code=ExitCode.FAILED)
+                                "xz-utils patch libc6-dev`", exit_code=ExitCode.FAILED)
     text = fragment.fragment_text()
     frag_options = fragment.parse_fragment(text)
     # Planning runs under the lock too: it shares the private APT state in the cache.
