@@ -386,6 +386,17 @@ static int link_file(struct wb *w, const char *first, const char *host)
 	return 0;
 }
 
+/* Move a finished temporary over its target (atomic per path); on failure
+ * report it and leave nothing behind. */
+static int install_tmp(struct wb *w, const char *tmp, const char *host)
+{
+	if (rename(tmp, host) == 0)
+		return 0;
+	failed(w, "rename", errno, w->path);
+	unlink(tmp);
+	return -1;
+}
+
 static int make_symlink(struct wb *w, const char *src, const char *host, const struct stat *hs,
 			int host_exists)
 {
@@ -406,11 +417,8 @@ static int make_symlink(struct wb *w, const char *src, const char *host, const s
 		failed(w, "symlink", errno, w->path);
 		return -1;
 	}
-	if (rename(tmp, host) < 0) {
-		failed(w, "rename", errno, w->path);
-		unlink(tmp);
+	if (install_tmp(w, tmp, host) < 0)
 		return -1;
-	}
 	w->sum->symlinks++;
 	return 0;
 }
@@ -429,11 +437,8 @@ static int make_fifo(struct wb *w, const char *host, const struct stat *st,
 		failed(w, "mkfifo", errno, w->path);
 		return -1;
 	}
-	if (rename(tmp, host) < 0) {
-		failed(w, "rename", errno, w->path);
-		unlink(tmp);
+	if (install_tmp(w, tmp, host) < 0)
 		return -1;
-	}
 	w->sum->fifos++;
 	return 0;
 }

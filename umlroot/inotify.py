@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
+from umlroot.libc import checked, libc
+
 IN_MODIFY = 0x00000002
 IN_CLOEXEC = 0o2000000
 IN_NONBLOCK = 0o4000
-
-from umlroot.libc import checked, libc
 
 
 class DirectoryWatch:

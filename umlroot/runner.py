@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
-from umlroot.disks import prepare_disks, validate_disks
+from umlroot.disks import attach_disks, validate_disks
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
 from umlroot.machine import (
@@ -260,7 +260,7 @@ def run(options: RunOptions) -> int:
 
     if not options.argv:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
-    validate_disks(options.disks)  # bad input fails before anything is built or booted
+    disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
     kernel = find_kernel(options.kernel)
     init = build_guest_init()
     cpus = options.cpus or default_cpus(kernel.smp)
@@ -281,7 +281,7 @@ def run(options: RunOptions) -> int:
             scratch = run_dir / "scratch.img"
             create_scratch(scratch)
         scratch_s = time.monotonic() - started
-        disks = prepare_disks(options.disks, run_dir)
+        disks = attach_disks(disk_specs, run_dir)
         request = build_request(options, tty, scopes, disks=disks.links,
                                 persistent=options.state is not None, extra_env=disks.env)
         (run_dir / "request").write_bytes(request.encode())

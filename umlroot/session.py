@@ -226,9 +226,8 @@ class ControlChannel:
             return []
         if not data:
             self.closed = True
-        buffer = self._partial + data
-        *lines, self._partial = buffer.split(b"\n")
-        return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
+        self._partial += data
+        return self.pending_lines()
 
     def pending_lines(self) -> list[str]:
         """Complete lines already buffered (e.g. received along with READY)."""

@@ -188,12 +188,14 @@ def format_info(info: StateInfo) -> str:
         return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
 
     def size(n: int) -> str:
-        value = float(n)
-        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if value < 1024 or unit == "TiB":
-                return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        if n < 1024:
+            return f"{n} B"
+        value = n / 1024
+        for unit in ("KiB", "MiB", "GiB"):
+            if value < 1024:
+                return f"{value:.1f} {unit}"
             value /= 1024
-        return f"{n} B"
+        return f"{value:.1f} TiB"
 
     rows = [
         ("file", str(info.path)),

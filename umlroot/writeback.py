@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import enum
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from umlroot import log
 
 REPORT_NAME = "writeback.report"
 NAMED_PATHS = 3  # paths named in a one-line summary without --verbose
@@ -128,8 +129,7 @@ def _parent_of_cwd_hint(outside: list[Entry]) -> str:
     return ""
 
 
-def summary_lines(report: WritebackReport, *, verbose: bool,
-                  state: Path | None = None) -> list[str]:
+def summary_lines(report: WritebackReport, *, verbose: bool) -> list[str]:
     """The lines to print, without the `umlroot: ` prefix."""
     lines: list[str] = []
     if verbose:
@@ -153,7 +153,7 @@ def summary_lines(report: WritebackReport, *, verbose: bool,
     kept = [_plural(report.count(key), one, many) for key, _kind, one, many in _KEPT_INSIDE
             if report.count(key)]
     if kept:
-        in_state = state is not None or report.count("state") > 0
+        in_state = report.count("state") > 0  # the init says whether it is a --state run
         where = "kept only inside (in the --state file): " if in_state else "kept only inside: "
         advice = "" if in_state else " (use --state to keep them, or write an archive/image)"
         lines.append(where + ", ".join(kept) + advice)
@@ -164,10 +164,9 @@ def summary_lines(report: WritebackReport, *, verbose: bool,
     return lines
 
 
-def report_writeback(line: str | None, *, verbose: bool, run_dir: Path,
-                     state: Path | None = None) -> None:
+def report_writeback(line: str | None, *, verbose: bool, run_dir: Path) -> None:
     """Print the one-line summary of the guest's `WB ...` report on stderr."""
     if line is None or line.strip() == "none":
         return
-    for text in summary_lines(load(line, run_dir), verbose=verbose, state=state):
-        print(f"umlroot: {text}", file=sys.stderr, flush=True)
+    for text in summary_lines(load(line, run_dir), verbose=verbose):
+        log.say(text)
