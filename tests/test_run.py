@@ -67,6 +67,27 @@ def test_mknod_makes_a_real_device_node(tmp_path: Path) -> None:
     assert result.returncode == 0
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="the host lets root read anything")
+def test_host_permissions_still_bind_guest_root(tmp_path: Path) -> None:
+    """Guest root is root over the overlay, not over the host: what the
+    invoking user cannot read or search stays out of reach, and access(2)
+    and cd say so up front (hostfs asks the host only for those)."""
+    (tmp_path / "locked").write_text("secret\n")
+    (tmp_path / "locked").chmod(0)
+    (tmp_path / "closed").mkdir()
+    (tmp_path / "closed" / "f").write_text("x\n")
+    (tmp_path / "closed").chmod(0)
+    try:
+        script = ("test -r locked || echo not-readable; test -w locked || echo not-writable; "
+                  "test -x closed || echo not-searchable; cd closed 2>/dev/null || echo no-cd; "
+                  "cat locked 2>/dev/null || echo no-cat; cat closed/f 2>/dev/null || echo no-f")
+        result = run_umlroot(["run", "--no-writeback", "--", "sh", "-c", script], cwd=tmp_path)
+    finally:
+        (tmp_path / "closed").chmod(0o755)
+    assert result.stdout.decode().split() == [
+        "not-readable", "not-writable", "not-searchable", "no-cd", "no-cat", "no-f"]
+
+
 def test_argv_bytes_pass_unchanged(tmp_path: Path) -> None:
     args = [b"two words", b"'single' \"double\"", b"new\nline", b"\xff\xfe not utf-8", b"", b"$HOME *"]
     result = run_umlroot(["run", "--", "printf", "%s\\0", *args], cwd=tmp_path)
