@@ -119,3 +119,24 @@ def test_progress_estimate_never_claims_done() -> None:
 
 def test_missing_tools() -> None:
     assert build.missing_tools(["sh", "no-such-tool-umlroot"]) == ["no-such-tool-umlroot"]
+
+
+def test_interrupted_build_step_stops_its_whole_process_group(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM during `make -jN`: every job stops, none is left compiling."""
+    pid_file = tmp_path / "grandchild.pid"
+
+    class InterruptingProgress(build.Progress):
+        def feed(self, line: str) -> None:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        build.run_logged(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; echo go; wait"],
+                         cwd=tmp_path, log_file=tmp_path / "log", step="compiling",
+                         progress=InterruptingProgress(1))
+    assert time.monotonic() - started < 10
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{grandchild}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{grandchild}").exists()

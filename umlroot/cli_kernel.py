@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 import click
@@ -35,7 +36,17 @@ def build_command(source: Path | None, suite: str | None, mirror: str | None,
                            keep_tree=keep_tree)
     if suite:
         options = dataclasses.replace(options, suites=(suite,))
-    build_kernel(options)
+    # SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C: the compile
+    # jobs are stopped and the build tree removed.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        build_kernel(options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(ExitCode.SIGNAL_BASE + signum)
 
 
 @kernel_group.command("path")

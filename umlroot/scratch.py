@@ -23,6 +23,19 @@ def find_tool(name: str) -> str | None:
     return found
 
 
+# A new sparse file reads as zeros: without this, mke2fs "zeroes" the inode
+# tables with fallocate(ZERO_RANGE), which made every 64 GiB scratch disk
+# take 1.1 GB of the host's disk (unwritten extents) and 20-40 ms instead of 10.
+_PREZEROED = "assume_storage_prezeroed=1"
+
+
+def _mkfs(mkfs: str, features: list[str], extended: str,
+          image: Path) -> subprocess.CompletedProcess[str]:
+    argv = [mkfs, "-q", "-F", "-m", "0", *features, "-E", extended, str(image)]
+    log.show_command(argv)
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
 def format_ext4(image: Path, size: int, *, durable: bool) -> None:
     """Create `image` as a sparse file of `size` bytes holding a fresh ext4.
 
@@ -38,10 +51,10 @@ def format_ext4(image: Path, size: int, *, durable: bool) -> None:
     with open(image, "wb") as f:
         f.truncate(size)
     features = [] if durable else ["-O", "^has_journal,^metadata_csum"]
-    argv = [mkfs, "-q", "-F", "-m", "0", *features,
-            "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(image)]
-    log.show_command(argv)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    extended = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
+    result = _mkfs(mkfs, features, f"{extended},{_PREZEROED}", image)
+    if result.returncode != 0 and _PREZEROED in result.stderr:
+        result = _mkfs(mkfs, features, extended, image)  # e2fsprogs before 1.47
     if result.returncode != 0:
         raise UmlrootError(
             f"mkfs.ext4 failed with status {result.returncode}: {result.stderr.strip()}")

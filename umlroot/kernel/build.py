@@ -3,11 +3,13 @@ compile it with a progress display, and install the binary in the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -168,15 +170,19 @@ def run_logged(argv: list[str], *, cwd: Path, log_file: Path, step: str,
     with log_file.open("a") as sink:
         sink.write(f"+ {' '.join(argv)}\n")
         sink.flush()
+        # Its own process group, so that an interrupted build stops every job.
         process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
+                                   errors="replace", start_new_session=True)
         assert process.stdout is not None
         try:
             for line in process.stdout:
                 sink.write(line)
                 if progress is not None:
                     progress.feed(line)
+        except BaseException:
+            os.killpg(process.pid, signal.SIGTERM)
+            raise
         finally:
             status = process.wait()
     if progress is not None:
@@ -351,10 +357,14 @@ def _build_locked(options: BuildOptions, plan: SourcePlan,
         entry = install((obj or tree) / "linux", record)
         ok = True
     finally:
-        if ok and not options.keep_tree:
+        if not ok:
+            # The log is what a failed build leaves: the tree is gigabytes.
+            kept_log = build_root / f"{root.name}.log"
+            with contextlib.suppress(OSError):
+                os.replace(ws.log_file, kept_log)
+                log.say(f"build log kept: {kept_log}")
+        if not options.keep_tree:
             shutil.rmtree(root, ignore_errors=True)
-        elif not ok:
-            log.say(f"build log kept: {ws.log_file}")
     log.say(f"installed {entry.binary} (kernel {record.version}, built in "
             f"{record.build_seconds / 60:.1f} min)")
     if options.keep_tree:
