@@ -174,6 +174,27 @@ def test_tar_to_stdout_matches_tar_to_file(tmp_path: Path) -> None:
     assert b"tree/sub/file" in listing.stdout
 
 
+def test_host_files_read_byte_exact_at_any_offset(tmp_path: Path) -> None:
+    """hostfs reads whole large folios: sizes that are not page multiples,
+    reads from the middle, mmap and sparse files must all match the host."""
+    data = os.urandom((5 << 20) + 123)
+    (tmp_path / "odd").write_bytes(data)
+    with open(tmp_path / "sparse", "wb") as sparse:
+        sparse.seek(3 << 20)
+        sparse.write(b"end")
+    script = ("sha256sum < odd; tail -c 70001 odd | sha256sum; "
+              "dd if=odd bs=4093 skip=777 count=300 2>/dev/null | sha256sum; "
+              "python3 -c 'import mmap,sys,hashlib; f=open(\"odd\",\"rb\"); "
+              "print(hashlib.sha256(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)).hexdigest())'; "
+              "sha256sum < sparse")
+    result = run_umlroot(["run", "--no-writeback", "--", "sh", "-c", script], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sums = [line.split()[0].decode() for line in result.stdout.splitlines()]
+    sparse = bytes(3 << 20) + b"end"
+    assert sums == [hashlib.sha256(part).hexdigest() for part in (
+        data, data[-70001:], data[777 * 4093:1077 * 4093], data, sparse)]
+
+
 def test_stderr_is_separate(tmp_path: Path) -> None:
     result = run_umlroot(["run", "--", "sh", "-c", "echo out; echo err >&2; echo out2"], cwd=tmp_path)
     assert result.stdout == b"out\nout2\n"
