@@ -379,6 +379,7 @@ struct stream {
 	int file;        /* IO/out.N we write it to */
 	long written;    /* bytes written to the file */
 	long acked;      /* bytes the host has consumed */
+	long forgotten;  /* bytes whose guest page cache copy was dropped */
 };
 
 struct child_io {
@@ -455,7 +456,7 @@ static pid_t start_command(struct child_io *io)
 	io->in_w = -1;
 	for (int i = 0; i < 3; i++) {
 		io->out[i].src = -1;
-		io->out[i].written = io->out[i].acked = 0;
+		io->out[i].written = io->out[i].acked = io->out[i].forgotten = 0;
 		io->out[i].file = -1;
 	}
 	if (req.tty_out || req.tty_err || (req.tty_in && req.tty_out)) {
@@ -572,6 +573,11 @@ static long now_ms(void)
 	return clock_ms(CLOCK_MONOTONIC);
 }
 
+void forget_written(int fd, off_t from, off_t len)
+{
+	posix_fadvise(fd, from, len, POSIX_FADV_DONTNEED);
+}
+
 static int relay_output(struct stream *s)
 {
 	ssize_t n = read(s->src, relay_buf, sizeof(relay_buf));
@@ -584,6 +590,10 @@ static int relay_output(struct stream *s)
 		return -1;
 	write_all(s->file, relay_buf, (size_t)n);
 	s->written += n;
+	if (s->written - s->forgotten >= RELAY_BUF) { /* a syscall per MiB, not per write */
+		forget_written(s->file, s->forgotten, s->written - s->forgotten);
+		s->forgotten = s->written;
+	}
 	return 0;
 }
 

@@ -64,6 +64,12 @@ int dir_open(struct dir_iter *it, const char *path);
 struct dirent64 *dir_next(struct dir_iter *it);
 void dir_close(struct dir_iter *it);
 
+/* hostfs writes through to the host file, so the guest's page cache copy of
+ * what was written is useless: dropping it (init.c) lets the next write
+ * reuse the same guest memory instead of touching, and faulting in, new host
+ * pages (writeback of 78 MB: 111-143 ms -> 94-116 ms). */
+void forget_written(int fd, off_t from, off_t len);
+
 /* Control channel (init.c). ctl_say() writes one line to the host. */
 void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A line to the kernel log (the host's run log). */

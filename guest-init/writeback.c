@@ -315,6 +315,7 @@ static void set_mode(struct wb *w, int fd, const char *host, mode_t mode)
  * into hostfs for 117 MB); copy_file_range cannot cross filesystems. */
 static int copy_data(int in, int out)
 {
+	off_t done = 0;
 	for (;;) {
 		ssize_t n = read(in, copy_buf, sizeof(copy_buf));
 		if (n < 0) {
@@ -333,6 +334,8 @@ static int copy_data(int in, int out)
 			}
 			off += m;
 		}
+		forget_written(out, done, n);
+		done += n;
 	}
 }
 
