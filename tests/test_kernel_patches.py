@@ -6,7 +6,6 @@ from pathlib import Path
 
 from umlroot.kernel import fragment, patches
 
-
 # Code that only a UML kernel builds: the patches cannot change anything else.
 UML_ONLY = ("b/arch/um/", "b/arch/x86/um/", "b/fs/hostfs/")
 
