@@ -10,8 +10,11 @@ fresh `tree` in a scratch directory (not timed), then times
 
 for TOOL = `fakeroot` and `umlroot run --` (boot, command, writeback of
 out.tar and shutdown included), alternating the two so both see the same
-machine load. Prints every time, the medians and their ratio, and the load
-average before and after.
+machine load. Prints every time, the medians and their ratio, the median of
+the per-round ratios, the load average before and after, and the CPU time
+the hypervisor stole from this VM meanwhile (`steal` in /proc/stat): on a
+shared VM, a busy neighbour slows UML's chain of waking processes more than
+fakeroot, so read the ratio together with it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ def one_run(tool: list[str], source: Path, work: Path) -> float:
     return elapsed
 
 
+def steal_seconds() -> float:
+    """CPU time stolen from this VM by the hypervisor, all CPUs, since boot."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
@@ -69,6 +79,7 @@ def main() -> None:
     files, size = tree_size(args.source)
     print(f"tree: {args.source}, {files} entries, {size / 1e6:.0f} MB")
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
+    stolen_before = steal_seconds()
     tools = {"fakeroot": ["fakeroot"], "umlroot": shlex.split(args.umlroot)}
     times: dict[str, list[float]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
@@ -83,6 +94,10 @@ def main() -> None:
     for name, median in medians.items():
         print(f"median {name:9} {median:6.2f} s")
     print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
+    rounds = [u / f for u, f in zip(times["umlroot"], times["fakeroot"])]
+    print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in rounds)}, "
+          f"median {statistics.median(rounds):.2f}")
+    print(f"CPU time stolen by the hypervisor meanwhile: {steal_seconds() - stolen_before:.1f} s")
 
 
 if __name__ == "__main__":
