@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fakeroot workload of issue 4, timed under fakeroot and under umlroot.
 
-    bench/fakeroot_workload.py [--source DIR] [--runs N] [--umlroot CMD]
+    bench/fakeroot_workload.py [--source DIR] [--runs N] [--umlroot CMD] [--phases]
 
 Each round copies DIR (default /usr/share/doc: ~5,000 files, ~117 MB) to a
 fresh `tree` in a scratch directory (not timed), then times
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -43,7 +44,8 @@ def tree_size(path: Path) -> tuple[int, int]:
     return files, size
 
 
-def one_run(tool: list[str], source: Path, work: Path) -> float:
+def fresh_tree(source: Path, work: Path) -> None:
+    """A new copy of the source as `work/tree` (not timed), no out.tar."""
     for name in ("tree", "out.tar"):
         target = work / name
         if target.is_dir():
@@ -52,13 +54,57 @@ def one_run(tool: list[str], source: Path, work: Path) -> float:
             target.unlink()
     subprocess.run(["cp", "-a", str(source), str(work / "tree")], check=True)
     subprocess.run(["sync"], check=True)
+
+
+def run_checked(tool: list[str], script: str, work: Path) -> str:
+    """Run `TOOL sh -c SCRIPT` in work; exit on failure; return its stderr."""
+    result = subprocess.run([*tool, "sh", "-c", script], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace", check=False)
+    if result.returncode != 0:
+        sys.exit(f"{shlex.join(tool)} failed ({result.returncode}): {result.stderr}")
+    return result.stderr
+
+
+def one_run(tool: list[str], source: Path, work: Path) -> float:
+    fresh_tree(source, work)
     start = time.monotonic()
-    result = subprocess.run([*tool, "sh", "-c", WORKLOAD], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    run_checked(tool, WORKLOAD, work)
     elapsed = time.monotonic() - start
-    if result.returncode != 0 or not (work / "out.tar").exists():
-        sys.exit(f"{shlex.join(tool)} failed ({result.returncode}): {result.stderr.decode()}")
+    if not (work / "out.tar").exists():
+        sys.exit(f"{shlex.join(tool)} left no out.tar")
     return elapsed
+
+
+def show_phases(umlroot: list[str], source: Path, work: Path) -> None:
+    """--phases: where umlroot's time goes, measured inside the guest. Three
+    umlroot rounds: the workload with timestamps between its steps, `chown -R`
+    alone (its writeback is the walk of the copied-up entries, with no file to
+    copy), and the workload under strace -c (guest system calls)."""
+    verbose = [*umlroot[:-1], "--verbose", umlroot[-1]] if umlroot[-1] == "--" else umlroot
+    stamp = "$(date +%s%N)"
+    fresh_tree(source, work)
+    err = run_checked(verbose, f"a={stamp}; chown -R 0:0 tree; b={stamp}; "
+                               f"mknod tree/null c 1 3 && tar -cf out.tar tree; c={stamp}; "
+                               'echo "phases $a $b $c" >&2', work)
+    a, b, c = (int(v) for v in re.findall(r"^phases (\d+) (\d+) (\d+)$", err, re.MULTILINE)[0])
+    print(f"inside the guest: chown -R {(b - a) / 1e6:.0f} ms, mknod + tar {(c - b) / 1e6:.0f} ms, "
+          f"writeback {guest_writeback_ms(err)} ms")
+    print("umlroot " + next(line for line in err.splitlines() if "timing:" in line).split(": ", 1)[1])
+    fresh_tree(source, work)
+    err = run_checked(verbose, "chown -R 0:0 tree", work)
+    print(f"writeback after chown -R alone (the walk): {guest_writeback_ms(err)} ms")
+    if shutil.which("strace") is None:
+        print("guest system calls: strace not installed")
+        return
+    fresh_tree(source, work)
+    err = run_checked(umlroot, f"strace -f -c sh -c '{WORKLOAD}'", work)
+    total = next(line for line in err.splitlines() if line.rstrip().endswith(" total"))
+    print(f"guest system calls of the workload (strace -f -c inside): {total.split()[3]}")
+
+
+def guest_writeback_ms(stderr: str) -> int:
+    """The init's own figure from the kernel log (--verbose)."""
+    return int(re.findall(r"umlroot-init: writeback: (\d+) ms", stderr)[-1])
 
 
 def steal_seconds() -> float:
@@ -74,11 +120,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--umlroot", default="umlroot run --",
                         help="the umlroot command line before `sh -c ...`")
+    parser.add_argument("--phases", action="store_true",
+                        help="instead of timing against fakeroot, show where umlroot's time goes")
     args = parser.parse_args()
 
     files, size = tree_size(args.source)
     print(f"tree: {args.source}, {files} entries, {size / 1e6:.0f} MB")
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
+    if args.phases:
+        with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
+            show_phases(shlex.split(args.umlroot), args.source, Path(tmp))
+        return
     stolen_before = steal_seconds()
     tools = {"fakeroot": ["fakeroot"], "umlroot": shlex.split(args.umlroot)}
     times: dict[str, list[float]] = {name: [] for name in tools}

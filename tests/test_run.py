@@ -175,8 +175,8 @@ def test_tar_to_stdout_matches_tar_to_file(tmp_path: Path) -> None:
 
 
 def test_host_files_read_byte_exact_at_any_offset(tmp_path: Path) -> None:
-    """hostfs reads whole large folios: sizes that are not page multiples,
-    reads from the middle, mmap and sparse files must all match the host."""
+    """Reads through hostfs match the host byte for byte: sizes that are not
+    page multiples, reads from the middle, mmap and sparse files."""
     data = os.urandom((5 << 20) + 123)
     (tmp_path / "odd").write_bytes(data)
     with open(tmp_path / "sparse", "wb") as sparse:
@@ -184,7 +184,7 @@ def test_host_files_read_byte_exact_at_any_offset(tmp_path: Path) -> None:
         sparse.write(b"end")
     script = ("sha256sum < odd; tail -c 70001 odd | sha256sum; "
               "dd if=odd bs=4093 skip=777 count=300 2>/dev/null | sha256sum; "
-              "python3 -c 'import mmap,sys,hashlib; f=open(\"odd\",\"rb\"); "
+              "python3 -c 'import mmap,hashlib; f=open(\"odd\",\"rb\"); "
               "print(hashlib.sha256(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)).hexdigest())'; "
               "sha256sum < sparse")
     result = run_umlroot(["run", "--no-writeback", "--", "sh", "-c", script], cwd=tmp_path)
