@@ -28,8 +28,10 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
                       "executed; 127 if it was not found.")
 @click.option("--mem", default="1G", show_default=True, callback=_check_mem, metavar="SIZE",
               help="Guest memory (K/M/G suffix). Sparse: only what the guest uses costs host memory.")
-@click.option("--cpus", type=click.IntRange(1, 8), default=None, metavar="N",
-              help="Guest CPUs [default: host CPUs, at most 8; 1 for a kernel without SMP].")
+@click.option("--cpus", type=click.IntRange(1, 8), default=1, show_default=True, metavar="N",
+              help="Guest CPUs. More help parallel builds of separate processes (make -jN); "
+                   "threads of one process run one at a time, so they gain nothing "
+                   "(docs/kernel.md).")
 @click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="UML kernel to boot [default: see `umlroot kernel info`].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -52,7 +54,7 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               help="Show the kernel log and a timing breakdown on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True,
                 metavar="COMMAND [ARGS]...")
-def run_command(mem: str, cpus: int | None, kernel: Path | None, timeout: float | None,
+def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
                 writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
                 no_wait: bool, disks: tuple[str, ...], keep_scratch: bool,
                 verbose: bool, command: tuple[str, ...]) -> None:

@@ -47,7 +47,10 @@ _SAFE_PATH_CHARS = frozenset(
 class RunOptions:
     argv: Sequence[bytes]
     mem: str = "1G"
-    cpus: int | None = None
+    # One guest CPU by default: in UML's seccomp mode the threads of one
+    # process take turns in its stub, so a second CPU only helps separate
+    # processes (make -j), and costs threaded ones (docs/kernel.md, issue 9).
+    cpus: int = 1
     kernel: Path | None = None
     verbose: bool = False
     timeout: float | None = None
@@ -57,12 +60,6 @@ class RunOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
-
-
-def default_cpus(kernel_smp: bool) -> int:
-    if not kernel_smp:
-        return 1
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _run_dir_parent() -> Path:
@@ -263,7 +260,7 @@ def run(options: RunOptions) -> int:
     disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
     kernel = find_kernel(options.kernel)
     init = build_guest_init()
-    cpus = options.cpus or default_cpus(kernel.smp)
+    cpus = options.cpus
     if cpus > 1 and not kernel.smp:
         log.warn(f"{kernel.path} has no SMP support; using 1 CPU")
         cpus = 1
