@@ -89,7 +89,7 @@ def done(outcome: Outcome, value: int) -> Result:
     (Result(killed_by=15), 143),
 ])
 def test_exit_status(result: Result, status: int, tmp_path: Path) -> None:
-    assert exit_status(result, "cmd", tmp_path / "log", 1.0) == status
+    assert exit_status(result, "cmd", b"/", tmp_path / "log", 1.0) == status
 
 
 @pytest.mark.parametrize("result", [Result(), Result(boot_error="mount: EIO"),
@@ -98,7 +98,7 @@ def test_guest_failures_are_umlroot_errors(result: Result, tmp_path: Path) -> No
     log_file = tmp_path / "log"
     log_file.write_text("line 1\nKernel panic - not syncing\n")
     with pytest.raises(UmlrootError) as caught:
-        exit_status(result, "cmd", log_file, None)
+        exit_status(result, "cmd", b"/", log_file, None)
     assert caught.value.exit_code == ExitCode.UMLROOT
     assert "Kernel panic" in (caught.value.details or "")
 

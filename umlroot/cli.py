@@ -1,4 +1,4 @@
-"""Command line: `umlroot run`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
+"""Command line: `umlroot run`, `umlroot fakeroot`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
 
 Each command parses its options into a frozen dataclass and hands it to the
 module that does the work; this file only translates errors into one line
@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from umlroot import __version__
 from umlroot.errors import ExitCode, UmlrootError
 
 _debug = False
@@ -52,7 +53,7 @@ class UmlrootGroup(click.Group):
 
 @click.group(cls=UmlrootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and the commands umlroot runs.")
-@click.version_option(package_name="umlroot")
+@click.version_option(__version__, package_name="umlroot")  # works from a checkout too
 def cli(debug: bool) -> None:
     """Run a command as real root, without privileges, inside a User Mode Linux kernel."""
     global _debug
@@ -64,11 +65,13 @@ def cli(debug: bool) -> None:
 
 
 def _register_commands() -> None:
+    from umlroot.cli_fakeroot import fakeroot_command
     from umlroot.cli_kernel import doctor_command, kernel_group
     from umlroot.cli_run import run_command
     from umlroot.cli_state import state_group
 
     cli.add_command(run_command)
+    cli.add_command(fakeroot_command)
     cli.add_command(kernel_group)
     cli.add_command(doctor_command)
     cli.add_command(state_group)
