@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fakeroot_workload import steal_seconds
+from fakeroot_workload import interleaved, report_times, steal_seconds
 
 DEMO_PKG = Path(__file__).resolve().parent.parent / "tests" / "data" / "demo-pkg"
 DEB = "umlroot-demo_1.0_all.deb"
@@ -61,18 +59,10 @@ def main() -> None:
     print(f"package: {DEMO_PKG}")
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
     stolen_before = steal_seconds()
-    times: dict[str, list[float]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
-        for i in range(args.runs):
-            for name, tool in tools.items():
-                elapsed = one_build(tool, Path(tmp) / name)
-                times[name].append(elapsed)
-                print(f"run {i + 1} {name:9} {elapsed:6.2f} s", flush=True)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"load after: {os.getloadavg()[0]:.2f}")
-    for name, median in medians.items():
-        print(f"median {name:9} {median:6.2f} s ({shlex.quote(tools[name])})")
-    print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
+        times = interleaved(list(tools), args.runs,
+                            lambda name: one_build(tools[name], Path(tmp) / name))
+    report_times(times)
     print(f"CPU time stolen by the hypervisor meanwhile: {steal_seconds() - stolen_before:.1f} s")
 
 
