@@ -50,6 +50,9 @@ def test_report_parsing_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPa
          "(use --state to keep them, or write an archive/image)"),
     ]
     assert summary_lines(WritebackReport({"files": 2}), verbose=False) == []
+    assert summary_lines(WritebackReport({"denied": 2, "state": 1}), verbose=False) == [
+        ("kept only inside (in the --state file): 2 changes where the host denies you "
+         "write access")]
 
 
 # ---- applied changes -------------------------------------------------------------------
