@@ -56,8 +56,9 @@ int exec_command(char *const argv[], char *const envp[])
 		const char *end = strchrnul(dir, ':');
 		int dir_len = (int)(end - dir);
 		/* An empty entry is the current directory. */
-		if (snprintf(candidate, sizeof(candidate), "%.*s%s%s", dir_len, dir_len ? dir : ".",
-			     "/", name) < (int)sizeof(candidate)) {
+		int n = dir_len ? snprintf(candidate, sizeof(candidate), "%.*s/%s", dir_len, dir, name)
+				: snprintf(candidate, sizeof(candidate), "./%s", name);
+		if (n < (int)sizeof(candidate)) {
 			struct stat st;
 			if (stat(candidate, &st) == 0 && !S_ISDIR(st.st_mode)) {
 				if (faccessat(AT_FDCWD, candidate, X_OK, AT_EACCESS) == 0)

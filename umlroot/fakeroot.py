@@ -94,7 +94,11 @@ def _work_state(load: Path | None, save: Path | None) -> Iterator[Path]:
     first use by the run). Next to `save` when there is one, so that saving
     is a rename; removed afterwards unless it was saved."""
     parent = save.parent if save is not None else run_dir_parent()
-    fd, name = tempfile.mkstemp(prefix=".umlroot-fakeroot-", suffix=".state", dir=parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".umlroot-fakeroot-", suffix=".state", dir=parent)
+    except OSError as error:
+        raise UmlrootError(f"-s {save}: cannot create a file in {parent}: "
+                           f"{error.strerror}") from None
     os.close(fd)
     work = Path(name)
     try:
