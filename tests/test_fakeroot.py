@@ -206,6 +206,11 @@ def test_help_version_and_bad_options(tmp_path: Path) -> None:
     bad = run_umlroot(["fakeroot", "--nosuch", "true"], cwd=tmp_path)
     assert bad.returncode == 125
     assert bad.stderr.splitlines()[0] == b"umlroot: No such option '--nosuch'."
+    # `dpkg-buildpackage -rumlroot` runs `umlroot debian/rules clean`: say what works.
+    gain_root = run_umlroot(["debian/rules", "clean"], cwd=tmp_path)
+    assert gain_root.returncode == 125
+    assert b"No such command 'debian/rules'" in gain_root.stderr
+    assert b"-r'umlroot fakeroot'" in gain_root.stderr
 
 
 def test_no_command_runs_the_users_shell_interactively(tmp_path: Path) -> None:

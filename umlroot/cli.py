@@ -8,6 +8,7 @@ on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 from typing import Any
@@ -30,6 +31,19 @@ def report_error(error: UmlrootError) -> None:
 
 class UmlrootGroup(click.Group):
     """Turns UmlrootError (and any unexpected exception) into one line + exit code."""
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            # `dpkg-buildpackage -rumlroot` runs `umlroot debian/rules clean`.
+            if args and ("/" in args[0] or shutil.which(args[0])):
+                raise click.UsageError(
+                    f"{error.message} (to run {args[0]} as root: `umlroot fakeroot {args[0]} "
+                    "...` or `umlroot run -- ...`; as a gain-root command: "
+                    "-r'umlroot fakeroot')", ctx) from None
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

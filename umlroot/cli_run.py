@@ -38,7 +38,8 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               metavar="SECONDS",
               help="Stop the guest after SECONDS; exit 124, nothing written back.")
 @click.option("--writable", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Also write back changes under this directory (repeatable).")
+              help="Also write back changes under this directory (repeatable); `/`: "
+                   "everything you may write, as `umlroot fakeroot` does.")
 @click.option("--no-writeback", is_flag=True,
               help="Write nothing back to the host; changes are discarded.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
