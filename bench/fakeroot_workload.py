@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 WORKLOAD = "chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree"
@@ -114,6 +115,30 @@ def steal_seconds() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
+def interleaved(names: list[str], runs: int, one: Callable[[str], float]) -> dict[str, list[float]]:
+    """`runs` rounds of one(name) for each name in turn, so that every tool
+    sees the same minutes of this shared machine."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names:
+            elapsed = one(name)
+            times[name].append(elapsed)
+            print(f"run {i + 1} {name:9} {elapsed:6.2f} s", flush=True)
+    return times
+
+
+def report_times(times: dict[str, list[float]]) -> None:
+    """Medians, their ratio and the per-round ratios (umlroot/fakeroot)."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    for name, median in medians.items():
+        print(f"median {name:9} {median:6.2f} s")
+    print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
+    rounds = [u / f for u, f in zip(times["umlroot"], times["fakeroot"])]
+    print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in rounds)}, "
+          f"median {statistics.median(rounds):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
@@ -133,22 +158,10 @@ def main() -> None:
         return
     stolen_before = steal_seconds()
     tools = {"fakeroot": ["fakeroot"], "umlroot": shlex.split(args.umlroot)}
-    times: dict[str, list[float]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
-        work = Path(tmp)
-        for i in range(args.runs):
-            for name, tool in tools.items():
-                elapsed = one_run(tool, args.source, work)
-                times[name].append(elapsed)
-                print(f"run {i + 1} {name:9} {elapsed:6.2f} s", flush=True)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"load after: {os.getloadavg()[0]:.2f}")
-    for name, median in medians.items():
-        print(f"median {name:9} {median:6.2f} s")
-    print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
-    rounds = [u / f for u, f in zip(times["umlroot"], times["fakeroot"])]
-    print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in rounds)}, "
-          f"median {statistics.median(rounds):.2f}")
+        times = interleaved(list(tools), args.runs,
+                            lambda name: one_run(tools[name], args.source, Path(tmp)))
+    report_times(times)
     print(f"CPU time stolen by the hypervisor meanwhile: {steal_seconds() - stolen_before:.1f} s")
 
 

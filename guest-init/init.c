@@ -237,6 +237,8 @@ static void read_request(const char *path)
 			req.host_gid = (gid_t)parse_long(value, 10);
 		} else if (!strcmp(tag, "verbose")) {
 			req.verbose = value[0] == '1';
+		} else if (!strcmp(tag, "hostname")) {
+			req.hostname = value;
 		} else if (!strcmp(tag, "disk")) {
 			if (req.ndisks >= UR_MAX_DISKS)
 				fail("parse request: too many disks", E2BIG);
@@ -364,6 +366,9 @@ static void boot(void)
 		fail("mkdir /run/s/new", errno);
 	mount_root();
 	setup_new_root(run_dir);
+	/* `hostname` and uname -n answer as on the host (the kernel says "(none)"). */
+	if (req.hostname && sethostname(req.hostname, strlen(req.hostname)) < 0)
+		klog("sethostname: %s\n", strerror(errno));
 	/* hostfs keeps one host fd per open guest file: a big chown -R would
 	 * otherwise hit EMFILE in the guest (the host limit is raised by umlroot). */
 	struct rlimit nofile = {1 << 20, 1 << 20};
@@ -438,7 +443,7 @@ static __attribute__((noreturn)) void exec_child(int fds[3], int exec_err, int c
 		_exit(125);
 	}
 	environ = req.envp;
-	execvp(req.argv[0], req.argv);
+	errno = exec_command(req.argv, req.envp);
 fail:;
 	int err[2] = {errno, 0};
 	write_all(exec_err, (const char *)err, sizeof(err));
@@ -819,10 +824,10 @@ static void do_writeback(void)
 		return;
 	ctl_say("WB files=%lu dirs=%lu symlinks=%lu fifos=%lu hardlinks=%lu deleted=%lu "
 		"metadata=%lu owners=%lu devices=%lu sockets=%lu xattrs=%lu modebits=%lu "
-		"conflicts=%lu outside=%lu failed=%lu state=%d",
+		"conflicts=%lu outside=%lu failed=%lu denied=%lu state=%d",
 		sum.files, sum.dirs, sum.symlinks, sum.fifos, sum.hardlinks, sum.deleted,
 		sum.metadata_only, sum.owners, sum.devices, sum.sockets, sum.xattrs, sum.modebits,
-		sum.conflicts, sum.outside, sum.failed, req.persistent);
+		sum.conflicts, sum.outside, sum.failed, sum.denied, req.persistent);
 }
 
 int main(void)

@@ -47,6 +47,7 @@ struct request {
 	uid_t host_uid;
 	gid_t host_gid;
 	int verbose;
+	const char *hostname; /* the host's, or NULL */
 	struct disk disks[UR_MAX_DISKS];
 	int ndisks;
 };
@@ -70,6 +71,15 @@ void dir_close(struct dir_iter *it);
  * pages (writeback of 78 MB: 111-143 ms -> 94-116 ms). */
 void forget_written(int fd, off_t from, off_t len);
 
+/* Copy all of `in` to `out` (new or empty), holes and zero blocks left as
+ * holes (copy.c). Returns 0, or -1 with errno set. */
+int copy_sparse(int in, int out);
+
+/* Execute argv[0], searched in PATH as a shell does (exec.c). Returns
+ * only on failure, with the errno to report: ENOENT when no PATH directory
+ * has it (exit 127), else why it cannot be executed (126). */
+int exec_command(char *const argv[], char *const envp[]);
+
 /* Control channel (init.c). ctl_say() writes one line to the host. */
 void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A line to the kernel log (the host's run log). */
@@ -82,6 +92,7 @@ struct wb_summary {
 	unsigned long owners, devices, sockets, xattrs, modebits, conflicts;
 	unsigned long outside; /* changes outside every scope: discarded */
 	unsigned long failed;  /* paths that could not be written (see the report) */
+	unsigned long denied;  /* paths the host does not let the user write */
 };
 int writeback(const struct request *req, const char *upper, struct wb_summary *sum);
 

@@ -156,21 +156,14 @@ static void revive_host_entry(struct walk *w)
 /* Under an opaque dir the host file is not seen through: copy its data. */
 static void copy_from_host(struct walk *w, const struct stat *ls)
 {
-	static char buf[1 << 20];
 	struct stat us;
 	if (lstat(w->upper, &us) < 0 || !S_ISREG(us.st_mode) || us.st_nlink > 1 ||
 	    !has_xattr(w->upper, UR_HOST_MARK, NULL, 0))
 		return;
 	int in = open(w->lower, O_RDONLY | O_CLOEXEC);
 	int out = in < 0 ? -1 : open(w->upper, O_WRONLY | O_TRUNC | O_CLOEXEC);
-	ssize_t n = out < 0 ? -1 : 0;
-	while (out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
-		if (write(out, buf, (size_t)n) != n) {
-			n = -1;
-			break;
-		}
 	struct timespec ts[2] = {{0, UTIME_OMIT}, ls->st_mtim};
-	if (n < 0 || futimens(out, ts) < 0)
+	if (out < 0 || copy_sparse(in, out) < 0 || futimens(out, ts) < 0)
 		klog("state: copy %s from the host: %s\n", w->upper, strerror(errno));
 	else
 		w->stale++;

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +150,56 @@ def test_bad_option_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 125
     assert b"Traceback" not in result.stderr
     assert result.stderr.startswith(b"umlroot: ")
+
+
+def test_mistyped_option_before_the_command_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_umlroot(["run", "--nte", "--", "true"], cwd=tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.startswith(b"umlroot: No such option '--nte'.")
+    # Without `--`, options end at the command: its own options are its own.
+    listed = run_umlroot(["run", "ls", "-d", "--", "."], cwd=tmp_path)
+    assert (listed.returncode, listed.stdout) == (0, b".\n")
+
+
+def test_deleted_current_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f'cd {shlex.quote(str(gone))} && rmdir "$PWD" && exec "$@"'
+    result = subprocess.run(["sh", "-c", script, "sh", *UMLROOT, "run", "--", "true"],
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 125
+    assert result.stderr.splitlines()[0] == (
+        b"umlroot: the current directory no longer exists (deleted)")
+    assert b"Traceback" not in result.stderr and b"--debug" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the host lets root search any directory")
+def test_unsearchable_path_directory_is_skipped_like_a_shell_does(tmp_path: Path) -> None:
+    """execvp() answers EACCES (126) when any PATH directory is unsearchable;
+    shells skip such a directory: not found anywhere is 127."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        env = {**os.environ, "PATH": f"{locked}:/usr/bin:/bin"}
+        missing = run_umlroot(["run", "--", "nosuchcmd"], cwd=tmp_path, env=env)
+        found = run_umlroot(["run", "--", "echo", "found"], cwd=tmp_path, env=env)
+    finally:
+        locked.chmod(0o755)
+    assert (missing.returncode, missing.stderr) == (127, b"umlroot: nosuchcmd: command not found\n")
+    assert (found.returncode, found.stdout) == (0, b"found\n")
+
+
+def test_script_without_shebang_runs_with_sh(tmp_path: Path) -> None:
+    (tmp_path / "script").write_text("echo from-sh \"$1\"\n")
+    (tmp_path / "script").chmod(0o755)
+    result = run_umlroot(["run", "--", "./script", "arg"], cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, b"from-sh arg\n")
+
+
+def test_hostname_is_the_hosts(tmp_path: Path) -> None:
+    result = run_umlroot(["run", "--", "sh", "-c", "hostname; uname -n"], cwd=tmp_path)
+    name = socket.gethostname().encode()
+    assert (result.returncode, result.stdout) == (0, name + b"\n" + name + b"\n")
 
 
 # -- stdio -------------------------------------------------------------------------------------

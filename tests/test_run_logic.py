@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from umlroot.errors import ExitCode, UmlrootError
+from umlroot.fakeroot import copy_sparse, shell_command
 from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
 from umlroot.request import DiskLink, Request, TtyFlags
 from umlroot.runner import (
     RunOptions,
     exit_status,
+    needs_host_tmp,
     root_path,
     seccomp_failed,
     writeback_scopes,
@@ -89,7 +91,7 @@ def done(outcome: Outcome, value: int) -> Result:
     (Result(killed_by=15), 143),
 ])
 def test_exit_status(result: Result, status: int, tmp_path: Path) -> None:
-    assert exit_status(result, "cmd", tmp_path / "log", 1.0) == status
+    assert exit_status(result, "cmd", b"/", tmp_path / "log", 1.0) == status
 
 
 @pytest.mark.parametrize("result", [Result(), Result(boot_error="mount: EIO"),
@@ -98,7 +100,7 @@ def test_guest_failures_are_umlroot_errors(result: Result, tmp_path: Path) -> No
     log_file = tmp_path / "log"
     log_file.write_text("line 1\nKernel panic - not syncing\n")
     with pytest.raises(UmlrootError) as caught:
-        exit_status(result, "cmd", log_file, None)
+        exit_status(result, "cmd", b"/", log_file, None)
     assert caught.value.exit_code == ExitCode.UMLROOT
     assert "Kernel panic" in (caught.value.details or "")
 
@@ -111,3 +113,30 @@ def test_seccomp_failure_is_recognised(tmp_path: Path) -> None:
     assert not seccomp_failed(Result(outcome=Outcome.EXITED), log_file)
     log_file.write_text("Kernel panic\n")
     assert not seccomp_failed(Result(), log_file)
+
+
+def test_host_tmp_when_a_scope_reaches_into_it() -> None:
+    assert not needs_host_tmp(b"/home/u/src", [b"/home/u/src"])
+    assert needs_host_tmp(b"/tmp/x", [b"/tmp/x"])
+    assert needs_host_tmp(b"/home/u/src", [b"/"])  # umlroot fakeroot, --writable /
+    assert needs_host_tmp(b"/home/u/src", [b"/home/u/src", b"/tmp/out"])
+    assert not needs_host_tmp(b"/home/u/src", [b"/tmpfoo"])
+
+
+def test_fakeroot_runs_the_users_shell_without_a_command() -> None:
+    assert shell_command({b"SHELL": b"/bin/zsh"}) == [b"/bin/zsh"]
+    assert shell_command({}) == [b"/bin/sh"]
+    assert shell_command({b"SHELL": b""}) == [b"/bin/sh"]
+
+
+def test_copy_sparse_keeps_holes_and_content(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    with open(src, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(b"middle")
+        f.seek((64 << 20) - 3)
+        f.write(b"end")
+    copy_sparse(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_blocks <= src.stat().st_blocks

@@ -7,14 +7,17 @@ result with host tools only.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import UMLROOT, run_umlroot
+from sparse_digest import sparse_digest
 
 from umlroot.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
 
@@ -50,6 +53,9 @@ def test_report_parsing_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPa
          "(use --state to keep them, or write an archive/image)"),
     ]
     assert summary_lines(WritebackReport({"files": 2}), verbose=False) == []
+    assert summary_lines(WritebackReport({"denied": 2, "state": 1}), verbose=False) == [
+        ("kept only inside (in the --state file): 2 changes where the host denies you "
+         "write access")]
 
 
 # ---- applied changes -------------------------------------------------------------------
@@ -230,3 +236,50 @@ def test_big_file_round_trip(tmp_path: Path) -> None:
     check = subprocess.run(["sha256sum", "-c", "big.sum"], cwd=tmp_path, capture_output=True,
                            check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# ---- sparse files: holes stay holes, content byte-identical ------------------------------------
+
+SPARSE_DIGEST = [sys.executable, str(Path(__file__).parent / "sparse_digest.py")]
+
+
+@uml
+@pytest.mark.parametrize("state", [False, True], ids=["plain", "state"])
+def test_sparse_file_comes_back_sparse(tmp_path: Path, state: bool) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = ["--state", str(tmp_path / "st")] if state else []
+    script = ("truncate -s 1G sparse && printf x | dd of=sparse bs=1 seek=536870912 "
+              "conv=notrunc status=none && head -c 8M /dev/zero > zeros && "
+              f"{shlex.join(SPARSE_DIGEST)} sparse")
+    result = run_ok(work, script, *extra)
+    sparse = work / "sparse"
+    assert sparse.stat().st_size == 1 << 30
+    assert sparse.stat().st_blocks * 512 <= 16 * 4096  # one block, as inside (+ fs slack)
+    assert sparse_digest(str(sparse)) == result.stdout.decode().split()[0]
+    with open(sparse, "rb") as f:
+        f.seek(536870912)
+        assert f.read(1) == b"x"
+    # Written zeros are not stored either, and still read back as zeros.
+    zeros = work / "zeros"
+    assert zeros.stat().st_size == 8 << 20 and zeros.stat().st_blocks == 0
+    assert zeros.read_bytes() == bytes(8 << 20)
+
+
+@uml
+def test_ext4_image_comes_back_as_allocated_inside(tmp_path: Path) -> None:
+    """The issue's case: an image made in the cwd came back fully allocated."""
+    script = ("truncate -s 2G root.img && mkfs.ext4 -q root.img && mkdir /run/img && "
+              "mount -o loop root.img /run/img && head -c 20M /dev/urandom > /run/img/big && "
+              "cp -a /usr/share/doc/dpkg /run/img/ && umount /run/img && "
+              f"stat -c %b root.img && {shlex.join(SPARSE_DIGEST)} root.img")
+    result = run_ok(tmp_path, script)
+    blocks_inside, digest = result.stdout.decode().split()[:2]
+    image = tmp_path / "root.img"
+    assert image.stat().st_size == 2 << 30
+    assert image.stat().st_blocks <= 1.1 * int(blocks_inside)
+    assert image.stat().st_blocks * 512 >= 20 << 20  # the random data is there
+    assert sparse_digest(str(image)) == digest
+    e2fsck = shutil.which("e2fsck", path="/usr/sbin:/sbin") or "e2fsck"
+    check = subprocess.run([e2fsck, "-fn", str(image)], capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout.decode()

@@ -1,4 +1,4 @@
-"""Command line: `umlroot run`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
+"""Command line: `umlroot run`, `umlroot fakeroot`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
 
 Each command parses its options into a frozen dataclass and hands it to the
 module that does the work; this file only translates errors into one line
@@ -8,12 +8,14 @@ on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 from typing import Any
 
 import click
 
+from umlroot import __version__
 from umlroot.errors import ExitCode, UmlrootError
 
 _debug = False
@@ -29,6 +31,19 @@ def report_error(error: UmlrootError) -> None:
 
 class UmlrootGroup(click.Group):
     """Turns UmlrootError (and any unexpected exception) into one line + exit code."""
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            # `dpkg-buildpackage -rumlroot` runs `umlroot debian/rules clean`.
+            if args and ("/" in args[0] or shutil.which(args[0])):
+                raise click.UsageError(
+                    f"{error.message} (to run {args[0]} as root: `umlroot fakeroot {args[0]} "
+                    "...` or `umlroot run -- ...`; as a gain-root command: "
+                    "-r'umlroot fakeroot')", ctx) from None
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -52,7 +67,7 @@ class UmlrootGroup(click.Group):
 
 @click.group(cls=UmlrootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and the commands umlroot runs.")
-@click.version_option(package_name="umlroot")
+@click.version_option(__version__, package_name="umlroot")  # works from a checkout too
 def cli(debug: bool) -> None:
     """Run a command as real root, without privileges, inside a User Mode Linux kernel."""
     global _debug
@@ -64,11 +79,13 @@ def cli(debug: bool) -> None:
 
 
 def _register_commands() -> None:
+    from umlroot.cli_fakeroot import fakeroot_command
     from umlroot.cli_kernel import doctor_command, kernel_group
     from umlroot.cli_run import run_command
     from umlroot.cli_state import state_group
 
     cli.add_command(run_command)
+    cli.add_command(fakeroot_command)
     cli.add_command(kernel_group)
     cli.add_command(doctor_command)
     cli.add_command(state_group)

@@ -20,8 +20,10 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return value
 
 
-@click.command("run", context_settings={"allow_interspersed_args": False,
-                                        "ignore_unknown_options": True},
+# No ignore_unknown_options: a mistyped option before `--` (`--nte`) is a
+# usage error, not a command named `--nte`. Option parsing stops at `--` or
+# at the first word that is not an option (`umlroot run ls -l` works).
+@click.command("run", context_settings={"allow_interspersed_args": False},
                options_metavar="[OPTIONS] --",
                epilog="Exit status: COMMAND's own; 128+N if it died of signal N; 124 when "
                       "--timeout expired; 125 when umlroot failed; 126 if COMMAND cannot be "
@@ -38,7 +40,8 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               metavar="SECONDS",
               help="Stop the guest after SECONDS; exit 124, nothing written back.")
 @click.option("--writable", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Also write back changes under this directory (repeatable).")
+              help="Also write back changes under this directory (repeatable); `/`: "
+                   "everything you may write, as `umlroot fakeroot` does.")
 @click.option("--no-writeback", is_flag=True,
               help="Write nothing back to the host; changes are discarded.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -56,6 +56,7 @@ class Request:
     host_uid: int = 0
     host_gid: int = 0
     verbose: bool = False
+    hostname: bytes = b""
     disks: Sequence[DiskLink] = field(default_factory=tuple)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
@@ -77,6 +78,8 @@ class Request:
         yield b"uid", b"%d" % self.host_uid
         yield b"gid", b"%d" % self.host_gid
         yield b"verbose", b"1" if self.verbose else b"0"
+        if self.hostname:
+            yield b"hostname", self.hostname
         for disk in self.disks:
             yield b"disk", f"{disk.device} {disk.name}".encode()
 

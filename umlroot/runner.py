@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -62,7 +63,7 @@ class RunOptions:
     disks: Sequence[str] = field(default_factory=tuple)
 
 
-def _run_dir_parent() -> Path:
+def run_dir_parent() -> Path:
     """TMPDIR if its path can travel on the UML command line, else /tmp."""
     candidate = Path(tempfile.gettempdir())
     if set(str(candidate)) <= _SAFE_PATH_CHARS:
@@ -72,7 +73,7 @@ def _run_dir_parent() -> Path:
 
 @contextlib.contextmanager
 def run_directory(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="umlroot-", dir=_run_dir_parent()))
+    path = Path(tempfile.mkdtemp(prefix="umlroot-", dir=run_dir_parent()))
     try:
         yield path
     finally:
@@ -115,25 +116,40 @@ def root_path(path: bytes) -> bytes:
     return b":".join([*entries, *missing]) if missing else path
 
 
-def build_request(options: RunOptions, tty: TtyFlags, scopes: Sequence[bytes],
+def current_directory() -> bytes:
+    """The working directory CMD starts in; a one-line error if it is gone."""
+    try:
+        return os.fsencode(os.getcwd())
+    except FileNotFoundError:
+        raise UmlrootError("the current directory no longer exists (deleted)",
+                           hint="cd to a directory that exists and rerun") from None
+
+
+def needs_host_tmp(cwd: bytes, scopes: Sequence[bytes]) -> bool:
+    """/tmp is the host's (under the overlay) when CMD works there or a
+    writeback scope reaches into it (scope `/`, as `umlroot fakeroot` has),
+    else a fresh tmpfs."""
+    return _is_under(cwd, b"/tmp") or any(
+        _is_under(scope, b"/tmp") or _is_under(b"/tmp", scope) for scope in scopes)
+
+
+def build_request(options: RunOptions, tty: TtyFlags, cwd: bytes, scopes: Sequence[bytes],
                   disks: Sequence[DiskLink], persistent: bool,
                   extra_env: dict[bytes, bytes]) -> Request:
-    cwd = os.fsencode(os.getcwd())
     env = dict(os.environb)
     env.update(extra_env)
     env[b"UMLROOT"] = b"1"
     env[b"PATH"] = root_path(env.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin"))
     umask = os.umask(0)
     os.umask(umask)
-    needs_host_tmp = any(_is_under(p, b"/tmp") for p in (cwd, *scopes))
     return Request(
         argv=options.argv, env=env, cwd=cwd, umask=umask, tty=tty,
         winsize=window_size(1) if tty.stdout else None,
-        tmpfs_tmp=not needs_host_tmp,
+        tmpfs_tmp=not needs_host_tmp(cwd, scopes),
         persistent=persistent,
         scopes=scopes, start_ns=time.time_ns(),
         host_uid=os.getuid(), host_gid=os.getgid(),
-        verbose=options.verbose, disks=disks,
+        verbose=options.verbose, disks=disks, hostname=os.fsencode(socket.gethostname()),
     )
 
 
@@ -146,7 +162,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  | {line}" for line in tail)
 
 
-def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | None) -> int:
+def exit_status(result: Result, argv0: str, cwd: bytes, log_file: Path,
+                timeout: float | None) -> int:
     """Map the session's result to umlroot's exit status, explaining failures."""
     if result.killed_by is not None:
         return ExitCode.SIGNAL_BASE + result.killed_by
@@ -173,7 +190,7 @@ def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | Non
     if result.outcome is Outcome.NOT_EXECUTABLE:
         log.say(f"{argv0}: cannot execute: {os.strerror(result.value)}")
         return ExitCode.CANNOT_EXECUTE
-    log.say(f"cannot enter the working directory {os.getcwd()} in the guest: "
+    log.say(f"cannot enter the working directory {os.fsdecode(cwd)} in the guest: "
             f"{os.strerror(result.value)}")
     return ExitCode.UMLROOT
 
@@ -257,6 +274,7 @@ def run(options: RunOptions) -> int:
 
     if not options.argv:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
+    cwd = current_directory()
     disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
     kernel = find_kernel(options.kernel)
     init = build_guest_init()
@@ -266,7 +284,7 @@ def run(options: RunOptions) -> int:
         cpus = 1
     raise_nofile_limit()
     tty = TtyFlags.of_process()
-    scopes = writeback_scopes(options, os.fsencode(os.getcwd()))
+    scopes = writeback_scopes(options, cwd)
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -279,7 +297,7 @@ def run(options: RunOptions) -> int:
             create_scratch(scratch)
         scratch_s = time.monotonic() - started
         disks = attach_disks(disk_specs, run_dir)
-        request = build_request(options, tty, scopes, disks=disks.links,
+        request = build_request(options, tty, cwd, scopes, disks=disks.links,
                                 persistent=options.state is not None, extra_env=disks.env)
         (run_dir / "request").write_bytes(request.encode())
         for name in ("out.1", "out.2"):
@@ -297,6 +315,7 @@ def run(options: RunOptions) -> int:
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
-        status = exit_status(result, os.fsdecode(options.argv[0]), log_file, options.timeout)
+        status = exit_status(result, os.fsdecode(options.argv[0]), cwd, log_file,
+                             options.timeout)
         report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
         return status

@@ -30,6 +30,7 @@ class Kind(enum.Enum):
     XATTR = "xattr"
     MODEBITS = "modebits"
     FAILED = "failed"
+    DENIED = "denied"
 
 
 # What the host cannot hold, in the order the summary names it:
@@ -41,6 +42,8 @@ _KEPT_INSIDE = (
     ("xattrs", Kind.XATTR, "path with xattrs", "paths with xattrs"),
     ("modebits", Kind.MODEBITS, "setuid/setgid bit the host refused",
      "setuid/setgid bits the host refused"),
+    ("denied", Kind.DENIED, "change where the host denies you write access",
+     "changes where the host denies you write access"),
 )
 _WRITTEN = (
     ("files", "file"), ("dirs", "dir"), ("symlinks", "symlink"), ("fifos", "FIFO"),
@@ -122,7 +125,10 @@ def _named(entries: Iterable[Entry], total: int) -> str:
 
 
 def _parent_of_cwd_hint(outside: list[Entry]) -> str:
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return ""  # deleted during the run
     parent = os.path.dirname(cwd.rstrip("/")) or "/"
     if any(os.path.dirname(entry.path) == parent for entry in outside):
         return " (hint: --writable ..)"
