@@ -61,12 +61,13 @@ def test_default_cpus_no_slower_than_one_cpu(threadpool: tuple[Path, str]) -> No
 @pytest.mark.uml
 def test_two_cpus_threads_make_progress(threadpool: tuple[Path, str]) -> None:
     """With --cpus 2 the pool's threads take turns in one stub: slower than one
-    CPU (1.5-2x here on a quiet host), but never the 20-60x of a spinning
-    turnstile. Best of two runs each: a busy host slows a 2-CPU guest far more
-    than a 1-CPU guest (docs/kernel.md)."""
+    CPU (2.5-3.2x for this pool here on a quiet host, 4x while a test suite ran
+    beside it), but never the 20-60x of a spinning turnstile. Best of two runs
+    each: a busy host slows a 2-CPU guest far more than a 1-CPU guest
+    (docs/kernel.md)."""
     binary, expected = threadpool
     two, one = [], []
     for _ in range(2):
         two.append(guest_seconds(binary, expected, ["--cpus", "2"]))
         one.append(guest_seconds(binary, expected, ["--cpus", "1"]))
-    assert min(two) <= 4 * min(one), f"--cpus 2 {two} s, --cpus 1 {one} s"
+    assert min(two) <= 6 * min(one), f"--cpus 2 {two} s, --cpus 1 {one} s"
