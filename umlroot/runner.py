@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umlroot import log
+from umlroot import guestmem, log
 from umlroot.disks import attach_disks, validate_disks
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
@@ -32,6 +30,7 @@ from umlroot.machine import (
     raise_nofile_limit,
 )
 from umlroot.request import DiskLink, Request, TtyFlags
+from umlroot.rundir import run_directory
 from umlroot.scratch import create_scratch
 from umlroot.session import ControlChannel, Outcome, Result, Session, SessionConfig
 from umlroot.state import open_state
@@ -39,8 +38,6 @@ from umlroot.terminal import raw_mode, window_size
 from umlroot.writeback import report_writeback
 
 LOG_TAIL_LINES = 15
-_SAFE_PATH_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
 
 
 @dataclass(frozen=True)
@@ -63,26 +60,6 @@ def default_cpus(kernel_smp: bool) -> int:
     if not kernel_smp:
         return 1
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def _run_dir_parent() -> Path:
-    """TMPDIR if its path can travel on the UML command line, else /tmp."""
-    candidate = Path(tempfile.gettempdir())
-    if set(str(candidate)) <= _SAFE_PATH_CHARS:
-        return candidate
-    return Path("/tmp")
-
-
-@contextlib.contextmanager
-def run_directory(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="umlroot-", dir=_run_dir_parent()))
-    try:
-        yield path
-    finally:
-        if keep:
-            log.say(f"kept the run directory (scratch disk, logs): {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_under(path: bytes, top: bytes) -> bool:
@@ -149,7 +126,23 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  | {line}" for line in tail)
 
 
-def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | None) -> int:
+def guest_failure(message: str, log_file: Path, mem: str,
+                  hint: str | None = None) -> UmlrootError:
+    """The error for a guest that failed to start or crashed: one line naming
+    the cause where the kernel log shows it (guest memory), else `message`
+    and the end of the log."""
+    try:
+        console = log_file.read_text(errors="replace")
+    except OSError:
+        console = ""
+    memory = guestmem.diagnose(console)
+    if memory is not None:
+        return UmlrootError(memory.message(mem), hint=guestmem.memdir_hint(mem))
+    return UmlrootError(message, details=log_tail(log_file), hint=hint)
+
+
+def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | None,
+                mem: str = "1G") -> int:
     """Map the session's result to umlroot's exit status, explaining failures."""
     if result.killed_by is not None:
         return ExitCode.SIGNAL_BASE + result.killed_by
@@ -157,15 +150,13 @@ def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | Non
         log.say(f"timed out after {timeout:g} s; the guest was stopped and nothing written back")
         return ExitCode.TIMEOUT
     if result.boot_error is not None:
-        raise UmlrootError(f"the guest failed to start: {result.boot_error}",
-                           details=log_tail(log_file),
-                           hint="full kernel log: rerun with --keep-scratch or --verbose")
+        raise guest_failure(f"the guest failed to start: {result.boot_error}", log_file, mem,
+                            hint="full kernel log: rerun with --keep-scratch or --verbose")
     if result.outcome is None:
-        raise UmlrootError("the guest crashed while running the command",
-                           details=log_tail(log_file))
+        raise guest_failure("the guest crashed while running the command", log_file, mem)
     if not result.done:
-        raise UmlrootError("the guest crashed after the command finished (during writeback)",
-                           details=log_tail(log_file))
+        raise guest_failure("the guest crashed after the command finished (during writeback)",
+                            log_file, mem)
     if result.outcome is Outcome.EXITED:
         return result.value
     if result.outcome is Outcome.SIGNALED:
@@ -291,8 +282,11 @@ def run(options: RunOptions) -> int:
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
                            disks=[UbdDisk(scratch), *disks.ubd], mem=options.mem, cpus=cpus,
                            quiet=not options.verbose, extra=kernel.boot_args)
+        throwaway = options.state is None and not options.keep_scratch
         config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
-                               pty_to_stdout=tty.stdout, timeout=options.timeout)
+                               pty_to_stdout=tty.stdout, timeout=options.timeout,
+                               on_ready=(lambda: scratch.unlink(missing_ok=True))
+                               if throwaway else None)
         # Raw only while the guest runs: our own messages below need the
         # terminal's normal newline handling.
         with raw_mode(0) if tty.interactive else contextlib.nullcontext():
@@ -300,6 +294,7 @@ def run(options: RunOptions) -> int:
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
-        status = exit_status(result, os.fsdecode(options.argv[0]), log_file, options.timeout)
+        status = exit_status(result, os.fsdecode(options.argv[0]), log_file, options.timeout,
+                             options.mem)
         report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
         return status

@@ -1,0 +1,106 @@
+"""Where the guest's memory comes from on the host, and what to say when it
+cannot be had.
+
+UML backs the guest's physical memory with one shared file it maps. A kernel
+with umlroot's memfd patch makes that file with memfd_create(): anonymous
+shared memory, on no mounted filesystem, so neither a `noexec` /dev/shm nor
+its size (Docker's default: 64 MiB) matters. Without the patch (or if
+memfd_create fails), UML searches a directory itself: $TMPDIR, else
+/dev/shm, else /tmp. umlroot removes TMPDIR from UML's environment, because
+a TMPDIR on disk would page guest memory out to disk; `UMLROOT_MEMDIR`
+names the directory explicitly instead. `umlroot run`, the boot probe and
+`umlroot doctor` all go through this module, so they agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from umlroot.kernel.patches import has_memfd
+
+MEMDIR_VARIABLE = "UMLROOT_MEMDIR"
+MEMFD_HINT = ("use a kernel with umlroot's memfd patch (`umlroot kernel build` or "
+              "`umlroot kernel import`): it does not need /dev/shm")
+
+
+def memdir_hint(mem: str) -> str:
+    return (f"{MEMFD_HINT}; or set {MEMDIR_VARIABLE} to an exec-capable directory with "
+            f"{mem} free (tmpfs preferred: on disk, guest memory is paged to disk)")
+
+
+def uml_environment() -> dict[str, str]:
+    """The environment UML runs with (run and probe alike)."""
+    env = dict(os.environ)
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        env.pop(name, None)
+    memdir = os.environ.get(MEMDIR_VARIABLE)
+    if memdir:
+        env["TMPDIR"] = memdir
+    return env
+
+
+def search_dir() -> Path:
+    """The directory UML maps its memory file from when it does not use memfd."""
+    memdir = os.environ.get(MEMDIR_VARIABLE)
+    if memdir:
+        return Path(memdir)
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() else Path("/tmp")
+
+
+class Backing(enum.Enum):
+    MEMFD = "memfd"  # the kernel carries the memfd patch
+    DIRECTORY = "directory"  # UML's own search (search_dir())
+    UNKNOWN = "unknown"  # a kernel without a record: the boot probe tells
+
+
+def backing(patches: tuple[str, ...] | None) -> Backing:
+    memfd = has_memfd(patches)
+    if memfd is None:
+        return Backing.UNKNOWN
+    return Backing.MEMFD if memfd else Backing.DIRECTORY
+
+
+# What UML prints when its memory file fails (arch/um/os-Linux/mem.c, and the
+# guest touching a page its file cannot hold).
+_MMAP_CHECK_RE = re.compile(r"Checking PROT_EXEC mmap in (\S+?)\.\.\.(.*)$", re.MULTILINE)
+_TMPDIR_RE = re.compile(r"Checking environment variables for a tempdir\.\.\.(\S*)")
+_NOEXEC_RE = re.compile(r"^(\S+) must be not mounted noexec", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class MemoryProblem:
+    directory: str | None
+    problem: str
+
+    def message(self, mem: str) -> str:
+        where = f"a file in {self.directory}" if self.directory else "a file"
+        return (f"the guest's memory ({mem}) could not be had: UML maps it from {where}, "
+                f"which {self.problem}")
+
+
+def used_directory(console: str) -> str | None:
+    """The directory UML's boot says it mapped memory from (None: memfd, or
+    no such output)."""
+    match = _MMAP_CHECK_RE.search(console)
+    return match.group(1) if match else None
+
+
+def diagnose(console: str) -> MemoryProblem | None:
+    """The memory failure a UML console log shows, if any."""
+    noexec = _NOEXEC_RE.search(console)
+    check = _MMAP_CHECK_RE.search(console)
+    if noexec is not None:
+        return MemoryProblem(noexec.group(1), "is mounted noexec")
+    if check is not None and not check.group(2).strip().startswith("OK"):
+        return MemoryProblem(check.group(1), f"refuses an executable mapping "
+                                             f"({check.group(2).strip()})")
+    if "Bus error" in console or "SIGBUS" in console:
+        directory = check.group(1) if check is not None else None
+        return MemoryProblem(directory, "ran out of space (the host sent SIGBUS when the "
+                                        "guest touched more memory than it holds)")
+    return None
