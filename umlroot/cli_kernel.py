@@ -89,11 +89,14 @@ def export_command(file: Path, kernel: Path | None) -> None:
 
 @kernel_group.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def import_command(file: Path) -> None:
+@click.option("--require-current", is_flag=True,
+              help="Fail (exit 1, nothing installed) unless FILE holds what this umlroot "
+                   "would build: same kernel build id, same guest init.")
+def import_command(file: Path, require_current: bool) -> None:
     """Install a kernel from FILE (made by `umlroot kernel export`), after checking it boots."""
     from umlroot.kernel.archive import import_kernel
 
-    import_kernel(file)
+    import_kernel(file, require_current)
 
 
 @click.command("doctor")

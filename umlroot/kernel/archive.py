@@ -13,8 +13,10 @@ not run anything otherwise.
 Import checks before it installs anything: the member list, the format and
 the machine, each file's SHA-256, the kernel's own version against the
 record's, and one boot of the kernel (seccomp mode, else ptrace mode).
-A kernel built by another umlroot configuration (another build id) is
-installed with a warning: `umlroot run` uses it until a matching one exists.
+A kernel built by another umlroot configuration (another build id), or an
+init from other sources, is installed with a warning (`umlroot run` uses it
+until a matching one exists), or refused with --require-current, which is
+what a CI cache step wants: a stale archive is rebuilt, not used.
 """
 
 from __future__ import annotations
@@ -244,10 +246,37 @@ def _staging() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def import_kernel(source: Path) -> store.Entry:
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    what: str  # how the archive differs from what this umlroot would build
+    consequence: str  # what happens if it is imported anyway
+
+
+def _mismatches(manifest: Manifest) -> list[Mismatch]:
+    found = []
+    current = build_id(fragment_text())
+    if manifest.record.fragment_hash != current:
+        found.append(Mismatch(
+            f"the kernel was built with another kernel.config or other patches "
+            f"(build {manifest.record.fragment_hash}; this umlroot builds {current})",
+            "`umlroot run` uses it until `umlroot kernel build` makes a current one"))
+    init_hash = guestinit.source_hash(guestinit.sources())
+    if manifest.init_hash != init_hash:
+        found.append(Mismatch(
+            f"the guest init is not this umlroot's ({manifest.init_hash} from umlroot "
+            f"{manifest.umlroot}; this one needs {init_hash})",
+            "`umlroot run` will build its own with the C compiler"))
+    return found
+
+
+def import_kernel(source: Path, require_current: bool = False) -> store.Entry:
     with _staging() as staged:
         manifest = _unpack(source, staged)
         _verify(manifest, staged, source)
+        mismatches = _mismatches(manifest)
+        if require_current and mismatches:
+            raise _fail(f"{source} is out of date: {'; '.join(m.what for m in mismatches)}",
+                        "build a kernel (`umlroot kernel build`) and export it again")
         settings, result = _boot_check(staged / KERNEL)
         record = dataclasses.replace(
             manifest.record,
@@ -261,15 +290,7 @@ def import_kernel(source: Path) -> store.Entry:
     probe.remember(entry.binary, settings, result)
     log.say(f"imported kernel {record.version} (build {record.fragment_hash}, "
             f"{result.explain()}): {entry.binary}")
-    current = build_id(fragment_text())
-    if record.fragment_hash != current:
-        log.warn(f"this kernel was built with another kernel.config or other patches (build "
-                 f"{record.fragment_hash}; this umlroot builds {current}): `umlroot run` uses "
-                 "it, `umlroot kernel build` would replace it")
-    if manifest.init_hash != guestinit.source_hash(guestinit.sources()):
-        log.warn(f"the archive's guest init ({manifest.init_hash}, from umlroot "
-                 f"{manifest.umlroot}) is not this umlroot's: `umlroot run` will build its own "
-                 "with the C compiler; export from the same umlroot version to avoid that")
-    else:
-        log.debug(f"guest init installed: {init}")
+    log.debug(f"guest init installed: {init}")
+    for mismatch in mismatches:
+        log.warn(f"{mismatch.what}: {mismatch.consequence}")
     return entry
