@@ -9,6 +9,7 @@ memory do not fit in 64 MiB. A kernel carrying umlroot's memfd patch passes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,3 +67,29 @@ def test_disk_image(tmp_path: Path) -> None:
     check = subprocess.run([e2fsck, "-fn", str(tmp_path / "img")], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def doctor_line(output: str, name: str) -> str:
+    return next(line for line in output.splitlines() if f"  {name}:" in line)
+
+
+@pytest.mark.parametrize("memdir", [None, "/nonexistent-umlroot-memdir"])
+def test_doctor_and_run_agree_on_guest_memory(tmp_path: Path, memdir: str | None) -> None:
+    """Whatever the kernel and the mounts: doctor reports FAIL for guest
+    memory exactly when `run` cannot get it, and then run's error is one line
+    naming the size and the place. A memfd kernel needs no directory, so a
+    bad UMLROOT_MEMDIR must not matter to it (nor to doctor)."""
+    env = dict(os.environ)
+    if memdir is not None:
+        env["UMLROOT_MEMDIR"] = memdir
+    run = run_umlroot(["run", "--", "true"], cwd=tmp_path, env=env)
+    doctor = run_umlroot(["doctor"], env=env)
+    memory = doctor_line(doctor.stdout.decode(), "guest memory")
+    assert run.returncode in (0, 125), run.stderr
+    assert memory.startswith("FAIL") == (run.returncode == 125), (memory, run.stderr)
+    if run.returncode == 125:
+        first, *rest = run.stderr.decode().splitlines()
+        place = memdir or "/dev/shm"
+        assert first.startswith("umlroot: the guest's memory (1G) could not be had: UML maps "
+                                f"it from a file in {place}"), run.stderr
+        assert all(line.startswith("umlroot: hint:") for line in rest), run.stderr

@@ -65,10 +65,9 @@ def backing(patches: tuple[str, ...] | None) -> Backing:
     return Backing.MEMFD if memfd else Backing.DIRECTORY
 
 
-# What UML prints when its memory file fails (arch/um/os-Linux/mem.c, and the
-# guest touching a page its file cannot hold).
+# What UML prints when its memory file fails (arch/um/os-Linux/mem.c, and
+# arch/um/kernel/trap.c when the guest touches a page the file cannot hold).
 _MMAP_CHECK_RE = re.compile(r"Checking PROT_EXEC mmap in (\S+?)\.\.\.(.*)$", re.MULTILINE)
-_TMPDIR_RE = re.compile(r"Checking environment variables for a tempdir\.\.\.(\S*)")
 _NOEXEC_RE = re.compile(r"^(\S+) must be not mounted noexec", re.MULTILINE)
 
 
@@ -78,20 +77,31 @@ class MemoryProblem:
     problem: str
 
     def message(self, mem: str) -> str:
-        where = f"a file in {self.directory}" if self.directory else "a file"
+        where = "a file"
+        if self.directory:
+            where = f"a file in {self.directory}{_size_note(self.directory)}"
         return (f"the guest's memory ({mem}) could not be had: UML maps it from {where}, "
                 f"which {self.problem}")
 
 
+def _size_note(directory: str) -> str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return ""
+    return f" ({st.f_blocks * st.f_frsize / 2**20:.0f} MiB)"
+
+
 def used_directory(console: str) -> str | None:
     """The directory UML's boot says it mapped memory from (None: memfd, or
-    no such output)."""
+    no such output, e.g. under `quiet`)."""
     match = _MMAP_CHECK_RE.search(console)
     return match.group(1) if match else None
 
 
-def diagnose(console: str) -> MemoryProblem | None:
-    """The memory failure a UML console log shows, if any."""
+def diagnose(console: str, directory: str | None = None) -> MemoryProblem | None:
+    """The memory failure a UML console log shows, if any. `directory`: where
+    the memory file was, if the log does not say (`quiet` hides UML's checks)."""
     noexec = _NOEXEC_RE.search(console)
     check = _MMAP_CHECK_RE.search(console)
     if noexec is not None:
@@ -99,8 +109,9 @@ def diagnose(console: str) -> MemoryProblem | None:
     if check is not None and not check.group(2).strip().startswith("OK"):
         return MemoryProblem(check.group(1), f"refuses an executable mapping "
                                              f"({check.group(2).strip()})")
-    if "Bus error" in console or "SIGBUS" in console:
-        directory = check.group(1) if check is not None else None
-        return MemoryProblem(directory, "ran out of space (the host sent SIGBUS when the "
-                                        "guest touched more memory than it holds)")
+    if "Bus error" in console:
+        # UML: "Bus error - the host /dev/shm or /tmp mount likely just ran out of space"
+        return MemoryProblem(check.group(1) if check is not None else directory,
+                             "ran out of space: the host sent SIGBUS when the guest touched "
+                             "more memory than the file could hold")
     return None

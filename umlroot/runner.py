@@ -126,23 +126,34 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  | {line}" for line in tail)
 
 
-def guest_failure(message: str, log_file: Path, mem: str,
+@dataclass(frozen=True)
+class FailureContext:
+    """What explains a failed guest besides its kernel log."""
+
+    log_file: Path
+    mem: str = "1G"
+    # Where UML's memory file was (for a kernel without memfd), if known.
+    memory_dir: str | None = None
+
+
+def guest_failure(message: str, context: FailureContext,
                   hint: str | None = None) -> UmlrootError:
     """The error for a guest that failed to start or crashed: one line naming
     the cause where the kernel log shows it (guest memory), else `message`
     and the end of the log."""
+    log_file, mem = context.log_file, context.mem
     try:
         console = log_file.read_text(errors="replace")
     except OSError:
         console = ""
-    memory = guestmem.diagnose(console)
+    memory = guestmem.diagnose(console, context.memory_dir)
     if memory is not None:
         return UmlrootError(memory.message(mem), hint=guestmem.memdir_hint(mem))
     return UmlrootError(message, details=log_tail(log_file), hint=hint)
 
 
-def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | None,
-                mem: str = "1G") -> int:
+def exit_status(result: Result, argv0: str, context: FailureContext,
+                timeout: float | None) -> int:
     """Map the session's result to umlroot's exit status, explaining failures."""
     if result.killed_by is not None:
         return ExitCode.SIGNAL_BASE + result.killed_by
@@ -150,13 +161,13 @@ def exit_status(result: Result, argv0: str, log_file: Path, timeout: float | Non
         log.say(f"timed out after {timeout:g} s; the guest was stopped and nothing written back")
         return ExitCode.TIMEOUT
     if result.boot_error is not None:
-        raise guest_failure(f"the guest failed to start: {result.boot_error}", log_file, mem,
+        raise guest_failure(f"the guest failed to start: {result.boot_error}", context,
                             hint="full kernel log: rerun with --keep-scratch or --verbose")
     if result.outcome is None:
-        raise guest_failure("the guest crashed while running the command", log_file, mem)
+        raise guest_failure("the guest crashed while running the command", context)
     if not result.done:
         raise guest_failure("the guest crashed after the command finished (during writeback)",
-                            log_file, mem)
+                            context)
     if result.outcome is Outcome.EXITED:
         return result.value
     if result.outcome is Outcome.SIGNALED:
@@ -294,7 +305,9 @@ def run(options: RunOptions) -> int:
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
-        status = exit_status(result, os.fsdecode(options.argv[0]), log_file, options.timeout,
-                             options.mem)
+        memory_dir = None if guestmem.backing(kernel.patches) is guestmem.Backing.MEMFD \
+            else str(guestmem.search_dir())
+        status = exit_status(result, os.fsdecode(options.argv[0]),
+                             FailureContext(log_file, options.mem, memory_dir), options.timeout)
         report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
         return status
