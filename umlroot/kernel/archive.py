@@ -160,7 +160,9 @@ def _open_archive(source: Path) -> tarfile.TarFile:
     except FileNotFoundError as e:
         raise _fail(f"{source}: no such file") from e
     except (OSError, tarfile.TarError) as e:
-        raise _fail(f"{source} is not a kernel archive ({e})",
+        # tarfile's own message spans lines (one per compression it tried).
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a tar archive"
+        raise _fail(f"{source} is not a kernel archive ({reason})",
                     "make one with `umlroot kernel export FILE`") from e
 
 
