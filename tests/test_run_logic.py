@@ -128,3 +128,22 @@ def test_seccomp_failure_is_recognised(tmp_path: Path) -> None:
     assert not seccomp_failed(Result(outcome=Outcome.EXITED), log_file)
     log_file.write_text("Kernel panic\n")
     assert not seccomp_failed(Result(), log_file)
+
+
+def test_silent_uml_exit_is_explained_by_trying_the_memory_dir(tmp_path: Path) -> None:
+    """Under `quiet`, UML exits without a word when it cannot make its memory
+    file: the runner tries the directory itself."""
+    log_file = tmp_path / "log"
+    log_file.write_text("")
+    missing = str(tmp_path / "missing")
+    with pytest.raises(UmlrootError) as caught:
+        exit_status(Result(boot_error="the guest stopped before it was ready"), "cmd",
+                    FailureContext(log_file, "1G", missing), None)
+    assert caught.value.message == (f"the guest's memory (1G) could not be had: UML maps it "
+                                    f"from a file in {missing}, which refuses it (No such "
+                                    "file or directory)")
+    # A usable directory explains nothing: the generic error and the log stay.
+    with pytest.raises(UmlrootError) as generic:
+        exit_status(Result(boot_error="mount: EIO"), "cmd",
+                    FailureContext(log_file, "1G", str(tmp_path)), None)
+    assert generic.value.message == "the guest failed to start: mount: EIO"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
-import mmap
 import os
 import resource
 import shutil
@@ -151,19 +150,6 @@ def check_build_tools(have_kernel: bool) -> Check:
                  "Debian: apt-get install gcc make flex bison bc xz-utils patch libc6-dev")
 
 
-def exec_mmap_works(directory: Path) -> str | None:
-    """None if a file there can be mapped PROT_EXEC (noexec mounts refuse), else why not."""
-    try:
-        with tempfile.TemporaryFile(dir=directory) as handle:
-            handle.truncate(mmap.PAGESIZE)
-            mapping = mmap.mmap(handle.fileno(), mmap.PAGESIZE, flags=mmap.MAP_SHARED,
-                                prot=mmap.PROT_READ | mmap.PROT_EXEC)
-            mapping.close()
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
 MEMORY_CHECK = "guest memory"
 
 
@@ -182,7 +168,7 @@ def check_memory(choice: KernelChoice | None, boot: probe.ProbeResult | None) ->
 
 def check_memory_dir(directory: Path) -> Check:
     """The directory UML maps its memory file from, for a kernel without memfd."""
-    problem = exec_mmap_works(directory)
+    problem = guestmem.exec_mmap_works(directory)
     if problem is not None:
         return Check(MEMORY_CHECK, Status.FAIL,
                      f"{directory}: cannot map a file executable: {problem} "

@@ -15,8 +15,10 @@ names the directory explicitly instead. `umlroot run`, the boot probe and
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,29 @@ def used_directory(console: str) -> str | None:
     no such output, e.g. under `quiet`)."""
     match = _MMAP_CHECK_RE.search(console)
     return match.group(1) if match else None
+
+
+def exec_mmap_works(directory: Path) -> str | None:
+    """None if a file there can be mapped PROT_EXEC (noexec mounts refuse), else why not."""
+    try:
+        with tempfile.TemporaryFile(dir=directory) as handle:
+            handle.truncate(mmap.PAGESIZE)
+            mapping = mmap.mmap(handle.fileno(), mmap.PAGESIZE, flags=mmap.MAP_SHARED,
+                                prot=mmap.PROT_READ | mmap.PROT_EXEC)
+            mapping.close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_directory(directory: str) -> MemoryProblem | None:
+    """Try what UML does with a memory directory. Used when UML died before
+    its kernel said anything: under `quiet` it exits silently when it cannot
+    create its file there (O_TMPFILE fails: exit(1), no message)."""
+    problem = exec_mmap_works(Path(directory))
+    if problem is None:
+        return None
+    return MemoryProblem(directory, f"refuses it ({problem})")
 
 
 def diagnose(console: str, directory: str | None = None) -> MemoryProblem | None:

@@ -147,6 +147,8 @@ def guest_failure(message: str, context: FailureContext,
     except OSError:
         console = ""
     memory = guestmem.diagnose(console, context.memory_dir)
+    if memory is None and context.memory_dir is not None:
+        memory = guestmem.check_directory(context.memory_dir)
     if memory is not None:
         return UmlrootError(memory.message(mem), hint=guestmem.memdir_hint(mem))
     return UmlrootError(message, details=log_tail(log_file), hint=hint)
