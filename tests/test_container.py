@@ -36,7 +36,9 @@ def test_300_mb_of_guest_memory(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     size, shmem_kib = result.stdout.split()
     assert int(size) == 300 << 20
-    assert int(shmem_kib) >= 300 << 10
+    # Shmem counts pages, minus a few the kernel accounts elsewhere (307,180
+    # KiB measured for 307,200 written).
+    assert int(shmem_kib) >= 295 << 10
 
 
 def test_fakeroot_workload(tmp_path: Path) -> None:
