@@ -25,6 +25,7 @@ from pathlib import Path
 from umlroot.kernel.patches import has_memfd
 
 MEMDIR_VARIABLE = "UMLROOT_MEMDIR"
+MEMFD_NAME = "memfd"  # what the memfd patch prints where UML names its memory directory
 MEMFD_HINT = ("use a kernel with umlroot's memfd patch (`umlroot kernel build` or "
               "`umlroot kernel import`): it does not need /dev/shm")
 
@@ -96,9 +97,10 @@ def _size_note(directory: str) -> str:
 
 def used_directory(console: str) -> str | None:
     """The directory UML's boot says it mapped memory from (None: memfd, or
-    no such output, e.g. under `quiet`)."""
+    no such output, e.g. under `quiet`). The memfd patch reports its check as
+    "Checking PROT_EXEC mmap in memfd...OK"."""
     match = _MMAP_CHECK_RE.search(console)
-    return match.group(1) if match else None
+    return match.group(1) if match and match.group(1) != MEMFD_NAME else None
 
 
 def exec_mmap_works(directory: Path) -> str | None:
@@ -131,12 +133,13 @@ def diagnose(console: str, directory: str | None = None) -> MemoryProblem | None
     check = _MMAP_CHECK_RE.search(console)
     if noexec is not None:
         return MemoryProblem(noexec.group(1), "is mounted noexec")
+    logged = used_directory(console)
     if check is not None and not check.group(2).strip().startswith("OK"):
-        return MemoryProblem(check.group(1), f"refuses an executable mapping "
-                                             f"({check.group(2).strip()})")
+        return MemoryProblem(logged, f"refuses an executable mapping "
+                                     f"({check.group(2).strip()})")
     if "Bus error" in console:
         # UML: "Bus error - the host /dev/shm or /tmp mount likely just ran out of space"
-        return MemoryProblem(check.group(1) if check is not None else directory,
+        return MemoryProblem(logged or directory,
                              "ran out of space: the host sent SIGBUS when the guest touched "
                              "more memory than the file could hold")
     return None
