@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WORKLOAD = "chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree"
+from fakeroot_workload import WORKLOAD, fresh_tree  # bench/ is on sys.path
+
 SHM_MOUNT = "mount -t tmpfs -o size=64m,noexec,nosuid,nodev tmpfs /dev/shm"
 
 
@@ -52,16 +53,10 @@ def timed(container: bool, inner: list[str]) -> float:
     return elapsed
 
 
-def fresh_tree(source: Path, work: Path, owner: str) -> None:
-    for name in ("tree", "out.tar"):
-        target = work / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    subprocess.run(["cp", "-a", str(source), str(work / "tree")], check=True)
+def fresh_owned_tree(source: Path, work: Path, owner: str) -> None:
+    """fakeroot_workload's fresh tree, handed to the unprivileged user."""
+    fresh_tree(source, work)
     subprocess.run(["chown", "-R", owner, str(work)], check=True)
-    subprocess.run(["sync"], check=True)
 
 
 def main() -> None:
@@ -87,7 +82,7 @@ def main() -> None:
                 true_cmd = [*run_as, "sh", "-c", 'cd "$1" && shift && exec "$@"', "sh",
                             str(work), *umlroot, "run", "--", "true"]
                 times.setdefault(("true", container), []).append(timed(container, true_cmd))
-                fresh_tree(args.source, work, owner)
+                fresh_owned_tree(args.source, work, owner)
                 workload = [*run_as, "sh", "-c", 'cd "$1" && shift && exec "$@"', "sh",
                             str(work), *umlroot, "run", "--", "sh", "-c", WORKLOAD]
                 times.setdefault(("workload", container), []).append(
