@@ -8,4 +8,8 @@ export PATH="$venv/bin:$PATH"
 cd "$repo"
 # Import umlroot from the venv (as users get it), not from the checkout.
 export PYTHONSAFEPATH=1
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" tests
+# Arguments go to pytest: options (`-m container`) and, instead of the whole
+# suite, test files (`tests/test_run.py`).
+args=("$@")
+case " $* " in *" tests/"*) ;; *) args+=(tests) ;; esac
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${args[@]}"

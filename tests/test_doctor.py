@@ -5,30 +5,62 @@ from pathlib import Path
 
 import pytest
 
-from umlroot import doctor
+from umlroot import doctor, guestmem
 from umlroot.doctor import Check, Status
+from umlroot.kernel import probe
+from umlroot.kernel.select import KernelChoice, Origin
 
 
 def test_python_ok() -> None:
     assert doctor.check_python().status is Status.OK
 
 
-def test_temp_dir_exec_and_space(tmp_path: Path) -> None:
-    check = doctor.check_temp_dir(tmp_path)
+def choice(patches: tuple[str, ...] | None) -> KernelChoice:
+    return KernelChoice(Path("/k/linux"), "7.3.4", Origin.CACHE, "test", patches=patches)
+
+
+def test_memory_dir_exec_and_space(tmp_path: Path) -> None:
+    check = doctor.check_memory_dir(tmp_path)
     assert check.status in (Status.OK, Status.WARN)
     assert "exec mmap works" in check.detail
 
 
-def test_temp_dir_missing(tmp_path: Path) -> None:
-    check = doctor.check_temp_dir(tmp_path / "missing")
-    assert check.status is Status.FAIL and check.hint and "TMPDIR" in check.hint
+def test_memory_dir_missing_names_the_fix_run_honours(tmp_path: Path) -> None:
+    check = doctor.check_memory_dir(tmp_path / "missing")
+    assert check.status is Status.FAIL and check.hint
+    # Not TMPDIR: run takes it away from UML on purpose.
+    assert "UMLROOT_MEMDIR" in check.hint and "TMPDIR" not in check.hint.replace(
+        "UMLROOT_MEMDIR", "")
+    assert "memfd" in check.hint
 
 
-def test_uml_temp_dir_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TMP", str(tmp_path))
-    assert doctor.uml_temp_dir() == tmp_path
+def test_memfd_kernel_needs_no_memory_dir(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("UMLROOT_MEMDIR", str(tmp_path / "missing"))
+    with_memfd = doctor.check_memory(choice(("0001-a.patch", "0004-um-memfd-physmem.patch")),
+                                     None)
+    assert with_memfd.status is Status.OK and "memfd" in with_memfd.detail
+    without = doctor.check_memory(choice(("0001-a.patch",)), None)
+    assert without.status is Status.FAIL and str(tmp_path / "missing") in without.detail
+
+
+def test_unknown_kernel_judged_by_its_boot(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    monkeypatch.setenv("UMLROOT_MEMDIR", str(tmp_path / "missing"))
+    file_boot = probe.ProbeResult(probe.ProbeStatus.OK, memory_dir="/dev/shm")
+    memfd_boot = probe.ProbeResult(probe.ProbeStatus.OK, memory_dir=None)
+    assert doctor.check_memory(choice(None), file_boot).status is Status.FAIL
+    assert doctor.check_memory(choice(None), memfd_boot).status is Status.OK
+
+
+def test_memory_search_dir_follows_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # run takes TMPDIR away from UML
+    monkeypatch.delenv("UMLROOT_MEMDIR", raising=False)
+    assert guestmem.search_dir() == Path("/dev/shm")
+    assert "TMPDIR" not in guestmem.uml_environment()
+    monkeypatch.setenv("UMLROOT_MEMDIR", str(tmp_path))
+    assert guestmem.search_dir() == tmp_path
+    assert guestmem.uml_environment()["TMPDIR"] == str(tmp_path)
 
 
 def test_nofile(monkeypatch: pytest.MonkeyPatch) -> None:

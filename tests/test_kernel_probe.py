@@ -111,3 +111,18 @@ def test_probe_uses_cache_without_booting(tmp_path: Path,
 
 def test_cpu_fingerprint_is_stable() -> None:
     assert probe.cpu_fingerprint() == probe.cpu_fingerprint()
+
+
+def test_memory_directory_is_read_from_the_boot() -> None:
+    assert probe.classify(recorded("probe-ok-7.3.txt")).memory_dir == "/dev/shm"
+    assert probe.classify(recorded("probe-noexec-tmpdir.txt")).memory_dir == "/mnt/noexec"
+    memfd_boot = "\n".join(line for line in recorded("probe-ok-7.3.txt").splitlines()
+                           if "tempdir" not in line and "Checking" not in line)
+    assert probe.classify(memfd_boot).memory_dir is None
+
+
+def test_memfd_kernel_in_a_docker_like_namespace() -> None:
+    """Recorded: the kernel with the memfd patch, booted with /dev/shm a 64 MiB
+    noexec tmpfs (`unshare -m`): it boots, and maps no file anywhere."""
+    result = probe.classify(recorded("probe-memfd-noexec-shm.txt"))
+    assert result.ok and result.memory_dir is None

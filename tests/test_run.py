@@ -365,9 +365,9 @@ def test_ctrl_c_on_the_terminal_reaches_command(tmp_path: Path) -> None:
 # -- signals, timeout, crashes: and nothing left behind ---------------------------------------------
 
 
-def start_and_wait_for(marker: bytes, args: list[str], cwd: Path,
-                       env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([*UMLROOT, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+def start_and_wait_for(marker: bytes, args: list[str], cwd: Path, env: dict[str, str],
+                       stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([*UMLROOT, *args], cwd=cwd, env=env, stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -420,6 +420,48 @@ def test_umlroot_killed_outright_takes_uml_with_it(tmp_path: Path, private_tmp: 
     while uml_processes(private_tmp["TMPDIR"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert uml_processes(private_tmp["TMPDIR"]) == []
+
+
+def uml_alive(pid_file: Path) -> bool:
+    try:
+        return Path(f"/proc/{int(pid_file.read_text())}").exists()
+    except (OSError, ValueError):
+        return False
+
+
+def test_killed_run_is_swept_by_the_next_and_live_runs_are_untouched(
+        tmp_path: Path, private_tmp: dict[str, str]) -> None:
+    """kill -9 of umlroot: UML dies with it (PDEATHSIG), its scratch data is
+    already unlinked, and the next run removes the directory; a run going on
+    at the same time keeps its own."""
+    tmpdir = Path(private_tmp["TMPDIR"])
+    live = start_and_wait_for(b"started", ["run", "--", "sh", "-c",
+                                           "echo started; read line; echo got:$line"],
+                              tmp_path, private_tmp, stdin=subprocess.PIPE)
+    live_dirs = set(tmpdir.iterdir())
+    assert len(live_dirs) == 1
+    victim = start_and_wait_for(b"started", ["run", "--", "sh", "-c",
+                                             "echo started; exec sleep 60"],
+                                tmp_path, private_tmp)
+    (victim_dir,) = set(tmpdir.iterdir()) - live_dirs
+    # The scratch disk is unlinked once the guest has it mounted.
+    assert not (victim_dir / "scratch.img").exists()
+    uml_pid_file = victim_dir / "uml" / "pid"
+    assert uml_alive(uml_pid_file)
+    victim.kill()
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while uml_alive(uml_pid_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not uml_alive(uml_pid_file)
+    assert victim_dir.exists()  # nobody removed it: a killed process cannot
+
+    after = run_umlroot(["run", "--", "true"], cwd=tmp_path, env=private_tmp)
+    assert after.returncode == 0, after.stderr
+    assert set(tmpdir.iterdir()) == live_dirs
+    out, _ = live.communicate(b"still-here\n", timeout=60)
+    assert (live.returncode, out) == (0, b"got:still-here\n")
+    assert_no_leftovers(private_tmp)
 
 
 def test_keep_scratch_says_where(tmp_path: Path, private_tmp: dict[str, str]) -> None:

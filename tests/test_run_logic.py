@@ -12,6 +12,7 @@ from umlroot.fakeroot import copy_sparse, shell_command
 from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
 from umlroot.request import DiskLink, Request, TtyFlags
 from umlroot.runner import (
+    FailureContext,
     RunOptions,
     exit_status,
     needs_host_tmp,
@@ -91,7 +92,7 @@ def done(outcome: Outcome, value: int) -> Result:
     (Result(killed_by=15), 143),
 ])
 def test_exit_status(result: Result, status: int, tmp_path: Path) -> None:
-    assert exit_status(result, "cmd", b"/", tmp_path / "log", 1.0) == status
+    assert exit_status(result, "cmd", b"/", FailureContext(tmp_path / "log"), 1.0) == status
 
 
 @pytest.mark.parametrize("result", [Result(), Result(boot_error="mount: EIO"),
@@ -100,9 +101,25 @@ def test_guest_failures_are_umlroot_errors(result: Result, tmp_path: Path) -> No
     log_file = tmp_path / "log"
     log_file.write_text("line 1\nKernel panic - not syncing\n")
     with pytest.raises(UmlrootError) as caught:
-        exit_status(result, "cmd", b"/", log_file, None)
+        exit_status(result, "cmd", b"/", FailureContext(log_file), None)
     assert caught.value.exit_code == ExitCode.UMLROOT
     assert "Kernel panic" in (caught.value.details or "")
+
+
+def test_memory_failure_is_one_line_naming_size_and_place(tmp_path: Path) -> None:
+    """Under `quiet` the log does not name the memory file's directory: the
+    runner knows it (the kernel has no memfd patch)."""
+    log_file = tmp_path / "log"
+    log_file.write_text("Bus error - the host /dev/shm or /tmp mount likely just ran out of "
+                        "space\nKernel panic - not syncing: Kernel mode signal 7\n")
+    with pytest.raises(UmlrootError) as caught:
+        exit_status(Result(), "cmd", b"/", FailureContext(log_file, "2G", str(tmp_path)), None)
+    error = caught.value
+    assert error.exit_code == ExitCode.UMLROOT and error.details is None
+    assert error.message.startswith(f"the guest's memory (2G) could not be had: UML maps it "
+                                    f"from a file in {tmp_path} (")
+    assert "SIGBUS" in error.message and "\n" not in error.message
+    assert error.hint and "UMLROOT_MEMDIR" in error.hint
 
 
 def test_seccomp_failure_is_recognised(tmp_path: Path) -> None:
@@ -140,3 +157,22 @@ def test_copy_sparse_keeps_holes_and_content(tmp_path: Path) -> None:
     copy_sparse(src, dst)
     assert dst.read_bytes() == src.read_bytes()
     assert dst.stat().st_blocks <= src.stat().st_blocks
+
+
+def test_silent_uml_exit_is_explained_by_trying_the_memory_dir(tmp_path: Path) -> None:
+    """Under `quiet`, UML exits without a word when it cannot make its memory
+    file: the runner tries the directory itself."""
+    log_file = tmp_path / "log"
+    log_file.write_text("")
+    missing = str(tmp_path / "missing")
+    with pytest.raises(UmlrootError) as caught:
+        exit_status(Result(boot_error="the guest stopped before it was ready"), "cmd", b"/",
+                    FailureContext(log_file, "1G", missing), None)
+    assert caught.value.message == (f"the guest's memory (1G) could not be had: UML maps it "
+                                    f"from a file in {missing}, which refuses it (No such "
+                                    "file or directory)")
+    # A usable directory explains nothing: the generic error and the log stay.
+    with pytest.raises(UmlrootError) as generic:
+        exit_status(Result(boot_error="mount: EIO"), "cmd", b"/",
+                    FailureContext(log_file, "1G", str(tmp_path)), None)
+    assert generic.value.message == "the guest failed to start: mount: EIO"

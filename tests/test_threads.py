@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_umlroot
 
 SOURCE = Path(__file__).resolve().parent.parent / "bench" / "workloads" / "threadpool.c"

@@ -76,6 +76,29 @@ def info_command(kernel: Path | None, probe: bool, boot_bench: int | None, cpus:
                           preset_lpj=not no_lpj))
 
 
+@kernel_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--kernel", type=click.Path(path_type=Path),
+              help="A cached kernel to export [default: the one `umlroot run` uses].")
+def export_command(file: Path, kernel: Path | None) -> None:
+    """Write the kernel and the prebuilt guest init to FILE (for a CI cache or another machine)."""
+    from umlroot.kernel.archive import export_kernel
+
+    export_kernel(file, kernel)
+
+
+@kernel_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--require-current", is_flag=True,
+              help="Fail (exit 1, nothing installed) unless FILE holds what this umlroot "
+                   "would build: same kernel build id, same guest init.")
+def import_command(file: Path, require_current: bool) -> None:
+    """Install a kernel from FILE (made by `umlroot kernel export`), after checking it boots."""
+    from umlroot.kernel.archive import import_kernel
+
+    import_kernel(file, require_current)
+
+
 @click.command("doctor")
 def doctor_command() -> None:
     """Check that this machine can run `umlroot run`; one line per check."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
-import mmap
 import os
 import resource
 import shutil
@@ -22,13 +21,15 @@ from pathlib import Path
 
 import click
 
+from umlroot import guestmem, rundir
 from umlroot.errors import UmlrootError
 from umlroot.kernel import probe
 from umlroot.kernel.build import REQUIRED_TOOLS, missing_tools
 from umlroot.kernel.select import KernelChoice, find_kernel
 
-# Guest memory `umlroot run` maps from its temp dir by default (plus headroom).
-GUEST_MEMORY_BYTES = 512 * 1024 * 1024
+# `umlroot run --mem`'s default: what a memory directory should hold.
+DEFAULT_MEM = "1G"
+GUEST_MEMORY_BYTES = 1 << 30
 MIN_NOFILE_HARD = 4096
 
 
@@ -70,7 +71,13 @@ def find_kernel_check() -> tuple[Check, KernelChoice | None]:
                  f"{choice.path} ({choice.version or 'unknown version'}; {choice.reason})"), choice
 
 
-def boot_checks(choice: KernelChoice) -> list[Check]:
+@dataclasses.dataclass(frozen=True)
+class BootReport:
+    checks: list[Check]
+    result: probe.ProbeResult  # the boot that worked, else the last one tried
+
+
+def boot_checks(choice: KernelChoice) -> BootReport:
     """Boot the kernel in seccomp mode; if that cannot start, in ptrace mode.
 
     With a recorded lpj= the boot is timed as `umlroot run` boots (no delay
@@ -80,17 +87,23 @@ def boot_checks(choice: KernelChoice) -> list[Check]:
     seccomp = probe.probe(choice.path, probe.ProbeSettings(seccomp=True, lpj=lpj),
                           use_cache=False)
     if seccomp.ok:
-        return [Check("kernel boots", Status.OK, seccomp.explain()),
-                Check("seccomp mode", Status.OK, "usable (about 3x cheaper guest syscalls)")]
+        return BootReport([Check("kernel boots", Status.OK, seccomp.explain()),
+                           Check("seccomp mode", Status.OK,
+                                 "usable (about 3x cheaper guest syscalls)")], seccomp)
     ptrace = probe.probe(choice.path, probe.ProbeSettings(lpj=lpj), use_cache=False)
     if not ptrace.ok:
-        hint = "run `umlroot kernel build`" if ptrace.status is probe.ProbeStatus.FP_REGS \
-            else "run `umlroot --debug kernel info --probe` to see the kernel's output"
-        return [Check("kernel boots", Status.FAIL, f"{choice.path} {ptrace.explain()}", hint)]
-    return [Check("kernel boots", Status.OK, f"{ptrace.explain()} (ptrace mode)"),
-            Check("seccomp mode", Status.WARN, seccomp.explain(),
-                  "a kernel >= 6.16 (`umlroot kernel build`) on a host that allows seccomp "
-                  "filters; umlroot falls back to ptrace mode")]
+        if ptrace.status is probe.ProbeStatus.FP_REGS:
+            hint = "run `umlroot kernel build`"
+        elif ptrace.status is probe.ProbeStatus.NO_TMPEXEC:
+            hint = guestmem.MEMFD_HINT
+        else:
+            hint = "run `umlroot --debug kernel info --probe` to see the kernel's output"
+        return BootReport([Check("kernel boots", Status.FAIL,
+                                 f"{choice.path} {ptrace.explain()}", hint)], ptrace)
+    return BootReport([Check("kernel boots", Status.OK, f"{ptrace.explain()} (ptrace mode)"),
+                       Check("seccomp mode", Status.WARN, seccomp.explain(),
+                             "a kernel >= 6.16 (`umlroot kernel build`) on a host that allows "
+                             "seccomp filters; umlroot falls back to ptrace mode")], ptrace)
 
 
 def check_guest_init() -> Check:
@@ -137,46 +150,49 @@ def check_build_tools(have_kernel: bool) -> Check:
                  "Debian: apt-get install gcc make flex bison bc xz-utils patch libc6-dev")
 
 
-def uml_temp_dir() -> Path:
-    """Where UML maps its memory file, by its own rule: $TMPDIR/$TEMP/$TMP, /dev/shm, /tmp."""
-    for var in ("TMPDIR", "TEMP", "TMP"):
-        value = os.environ.get(var)
-        if value:
-            return Path(value)
-    if Path("/dev/shm").is_dir():
-        return Path("/dev/shm")
-    return Path("/tmp")
+MEMORY_CHECK = "guest memory"
 
 
-def exec_mmap_works(directory: Path) -> str | None:
-    """None if a file there can be mapped PROT_EXEC (noexec mounts refuse), else why not."""
-    try:
-        with tempfile.TemporaryFile(dir=directory) as handle:
-            handle.truncate(mmap.PAGESIZE)
-            mapping = mmap.mmap(handle.fileno(), mmap.PAGESIZE, flags=mmap.MAP_SHARED,
-                                prot=mmap.PROT_READ | mmap.PROT_EXEC)
-            mapping.close()
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
+def check_memory(choice: KernelChoice | None, boot: probe.ProbeResult | None) -> Check:
+    """Where `umlroot run` will get the guest's memory, judged as run does it:
+    a kernel with the memfd patch (its record says so, or its boot mapped no
+    memory file) needs no directory; otherwise UML's search directory must
+    allow executable mappings and should hold the default --mem."""
+    backing = guestmem.backing(choice.patches if choice else None)
+    booted_without_file = boot is not None and boot.ok and boot.memory_dir is None
+    if backing is guestmem.Backing.MEMFD or booted_without_file:
+        return Check(MEMORY_CHECK, Status.OK, "memfd_create(): anonymous shared memory, so "
+                     "/dev/shm, its size and noexec do not matter")
+    return check_memory_dir(guestmem.search_dir())
 
 
-def check_temp_dir(directory: Path | None = None) -> Check:
-    directory = directory or uml_temp_dir()
-    name = "guest memory dir"
-    problem = exec_mmap_works(directory)
+def check_memory_dir(directory: Path) -> Check:
+    """The directory UML maps its memory file from, for a kernel without memfd."""
+    problem = guestmem.exec_mmap_works(directory)
     if problem is not None:
-        return Check(name, Status.FAIL, f"{directory}: cannot map a file executable: {problem}",
-                     "set TMPDIR to a directory on a filesystem mounted with exec "
-                     "(tmpfs preferred)")
+        return Check(MEMORY_CHECK, Status.FAIL,
+                     f"{directory}: cannot map a file executable: {problem} "
+                     "(UML maps guest memory from there)", guestmem.memdir_hint(DEFAULT_MEM))
     stat = os.statvfs(directory)
     free = stat.f_bavail * stat.f_frsize
     detail = f"{directory}: exec mmap works, {free // 2**20} MiB free"
     if free < GUEST_MEMORY_BYTES:
-        return Check(name, Status.WARN, detail + f" (guest memory needs "
-                     f"{GUEST_MEMORY_BYTES // 2**20} MiB)",
-                     "free space there, or point TMPDIR at a bigger exec-capable directory")
-    return Check(name, Status.OK, detail)
+        return Check(MEMORY_CHECK, Status.WARN,
+                     detail + f" (less than the default --mem {DEFAULT_MEM}: a guest that "
+                     "touches more dies of SIGBUS)", guestmem.memdir_hint(DEFAULT_MEM))
+    return Check(MEMORY_CHECK, Status.OK, detail)
+
+
+def check_run_dirs() -> Check:
+    """Sweep the run directories of killed runs (the next `run` would too)."""
+    swept = rundir.sweep_stale()
+    where = " and ".join(str(p) for p in rundir.sweep_dirs())
+    if not swept.removed:
+        return Check("run directories", Status.OK,
+                     f"none left by killed runs in {where} ({swept.live} in use)")
+    return Check("run directories", Status.INFO,
+                 f"removed {len(swept.removed)} left by killed runs "
+                 f"({swept.freed / 2**20:.0f} MiB); {swept.live} in use")
 
 
 def check_nofile() -> Check:
@@ -215,12 +231,16 @@ def collect(echo: Callable[[Check], None]) -> list[Check]:
     add(check_python())
     kernel, choice = find_kernel_check()
     add(kernel)
+    boot = None
     if choice is not None:
-        for check in boot_checks(choice):
+        report = boot_checks(choice)
+        boot = report.result
+        for check in report.checks:
             add(check)
+    add(check_memory(choice, boot))
     add(check_guest_init())
     add(check_build_tools(choice is not None))
-    add(check_temp_dir())
+    add(check_run_dirs())
     add(check_nofile())
     add(check_cpu())
     return checks

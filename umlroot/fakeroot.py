@@ -29,7 +29,8 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import exclusive_lock
 from umlroot.errors import UmlrootError
-from umlroot.runner import RunOptions, run, run_dir_parent
+from umlroot.rundir import parent_dir
+from umlroot.runner import RunOptions, run
 from umlroot.state import read_info
 
 DEFAULT_SHELL = "/bin/sh"
@@ -93,7 +94,7 @@ def _work_state(load: Path | None, save: Path | None) -> Iterator[Path]:
     """A state file for this run only: a copy of `load`, or empty (made on
     first use by the run). Next to `save` when there is one, so that saving
     is a rename; removed afterwards unless it was saved."""
-    parent = save.parent if save is not None else run_dir_parent()
+    parent = save.parent if save is not None else parent_dir()
     try:
         fd, name = tempfile.mkstemp(prefix=".umlroot-fakeroot-", suffix=".state", dir=parent)
     except OSError as error:

@@ -17,7 +17,7 @@ from umlroot.errors import UmlrootError
 _CFLAGS = ["-static", "-O2", "-Wall", "-Wextra", "-std=gnu11"]
 
 
-def _sources() -> dict[str, bytes]:
+def sources() -> dict[str, bytes]:
     package = resources.files("umlroot.guest_init")
     return {
         entry.name: entry.read_bytes()
@@ -42,27 +42,39 @@ def source_hash(sources: dict[str, bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
+def init_path(hash_: str) -> Path:
+    """Where the init built from sources with this hash lives in the cache."""
+    return cache_dir() / "init" / hash_ / "init"
+
+
+def lock_path() -> Path:
+    return cache_dir() / "init.lock"
+
+
 def build_guest_init() -> Path:
-    """Return the path of the cached init binary, building it if needed."""
-    sources = _sources()
-    target = cache_dir() / "init" / source_hash(sources) / "init"
+    """Return the path of the cached init binary, building it if needed (a
+    kernel archive made by `umlroot kernel export` brings it prebuilt)."""
+    texts = sources()
+    target = init_path(source_hash(texts))
     if target.exists():
         return target
     cc = compiler()
     if cc is None:
         raise UmlrootError(
             "no C compiler found to build the guest init",
-            hint="install gcc and the static C library (Debian: apt-get install gcc libc6-dev)",
+            hint="install gcc and the static C library (Debian: apt-get install gcc libc6-dev), "
+                 "or import a kernel exported by this umlroot version (`umlroot kernel "
+                 "import FILE`: it carries the init prebuilt)",
         )
-    with exclusive_lock(cache_dir() / "init.lock", what="the guest init build"):
+    with exclusive_lock(lock_path(), what="the guest init build"):
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as work:
             work_dir = Path(work)
-            for name, data in sources.items():
+            for name, data in texts.items():
                 (work_dir / name).write_bytes(data)
-            c_files = sorted(str(work_dir / n) for n in sources if n.endswith(".c"))
+            c_files = sorted(str(work_dir / n) for n in texts if n.endswith(".c"))
             binary = work_dir / "init"
             argv = [cc, *_CFLAGS, "-o", str(binary), *c_files]
             log.show_command(argv)

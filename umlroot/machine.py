@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
+from umlroot.guestmem import uml_environment
 from umlroot.libc import libc
 
 _PR_SET_PDEATHSIG = 1
@@ -88,19 +89,6 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
     return argv
 
 
-def _uml_environment() -> dict[str, str]:
-    """UML maps guest memory from a file in $TMPDIR if set, else /dev/shm.
-    A TMPDIR on disk would page guest memory out to disk: let UML pick
-    /dev/shm (it checks that exec mappings work there)."""
-    env = dict(os.environ)
-    for name in ("TMPDIR", "TMP", "TEMP"):
-        env.pop(name, None)
-    memdir = os.environ.get("UMLROOT_MEMDIR")
-    if memdir:
-        env["TMPDIR"] = memdir
-    return env
-
-
 def raise_nofile_limit() -> None:
     """hostfs holds one host fd per open guest file: without this, a guest
     `chown -R` over a few thousand files fails with EMFILE."""
@@ -125,7 +113,7 @@ class Machine:
                 self.argv,
                 stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
                 pass_fds=(channel.guest_reads, channel.guest_writes),
-                env=_uml_environment(),
+                env=uml_environment(),
                 # Own session: a Ctrl-C on the user's terminal reaches umlroot
                 # (which forwards it to CMD), never UML itself.
                 start_new_session=True,

@@ -12,16 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umlroot import log
+from umlroot import guestmem, log
 from umlroot.disks import attach_disks, validate_disks
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.guestinit import build_guest_init
@@ -33,6 +31,7 @@ from umlroot.machine import (
     raise_nofile_limit,
 )
 from umlroot.request import DiskLink, Request, TtyFlags
+from umlroot.rundir import run_directory
 from umlroot.scratch import create_scratch
 from umlroot.session import ControlChannel, Outcome, Result, Session, SessionConfig
 from umlroot.state import open_state
@@ -40,8 +39,6 @@ from umlroot.terminal import raw_mode, window_size
 from umlroot.writeback import report_writeback
 
 LOG_TAIL_LINES = 15
-_SAFE_PATH_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
 
 
 @dataclass(frozen=True)
@@ -61,26 +58,6 @@ class RunOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
-
-
-def run_dir_parent() -> Path:
-    """TMPDIR if its path can travel on the UML command line, else /tmp."""
-    candidate = Path(tempfile.gettempdir())
-    if set(str(candidate)) <= _SAFE_PATH_CHARS:
-        return candidate
-    return Path("/tmp")
-
-
-@contextlib.contextmanager
-def run_directory(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="umlroot-", dir=run_dir_parent()))
-    try:
-        yield path
-    finally:
-        if keep:
-            log.say(f"kept the run directory (scratch disk, logs): {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_under(path: bytes, top: bytes) -> bool:
@@ -162,7 +139,35 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  | {line}" for line in tail)
 
 
-def exit_status(result: Result, argv0: str, cwd: bytes, log_file: Path,
+@dataclass(frozen=True)
+class FailureContext:
+    """What explains a failed guest besides its kernel log."""
+
+    log_file: Path
+    mem: str = "1G"
+    # Where UML's memory file was (for a kernel without memfd), if known.
+    memory_dir: str | None = None
+
+
+def guest_failure(message: str, context: FailureContext,
+                  hint: str | None = None) -> UmlrootError:
+    """The error for a guest that failed to start or crashed: one line naming
+    the cause where the kernel log shows it (guest memory), else `message`
+    and the end of the log."""
+    log_file, mem = context.log_file, context.mem
+    try:
+        console = log_file.read_text(errors="replace")
+    except OSError:
+        console = ""
+    memory = guestmem.diagnose(console, context.memory_dir)
+    if memory is None and context.memory_dir is not None:
+        memory = guestmem.check_directory(context.memory_dir)
+    if memory is not None:
+        return UmlrootError(memory.message(mem), hint=guestmem.memdir_hint(mem))
+    return UmlrootError(message, details=log_tail(log_file), hint=hint)
+
+
+def exit_status(result: Result, argv0: str, cwd: bytes, context: FailureContext,
                 timeout: float | None) -> int:
     """Map the session's result to umlroot's exit status, explaining failures."""
     if result.killed_by is not None:
@@ -171,15 +176,13 @@ def exit_status(result: Result, argv0: str, cwd: bytes, log_file: Path,
         log.say(f"timed out after {timeout:g} s; the guest was stopped and nothing written back")
         return ExitCode.TIMEOUT
     if result.boot_error is not None:
-        raise UmlrootError(f"the guest failed to start: {result.boot_error}",
-                           details=log_tail(log_file),
-                           hint="full kernel log: rerun with --keep-scratch or --verbose")
+        raise guest_failure(f"the guest failed to start: {result.boot_error}", context,
+                            hint="full kernel log: rerun with --keep-scratch or --verbose")
     if result.outcome is None:
-        raise UmlrootError("the guest crashed while running the command",
-                           details=log_tail(log_file))
+        raise guest_failure("the guest crashed while running the command", context)
     if not result.done:
-        raise UmlrootError("the guest crashed after the command finished (during writeback)",
-                           details=log_tail(log_file))
+        raise guest_failure("the guest crashed after the command finished (during writeback)",
+                            context)
     if result.outcome is Outcome.EXITED:
         return result.value
     if result.outcome is Outcome.SIGNALED:
@@ -306,8 +309,11 @@ def run(options: RunOptions) -> int:
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
                            disks=[UbdDisk(scratch), *disks.ubd], mem=options.mem, cpus=cpus,
                            quiet=not options.verbose, extra=kernel.boot_args)
+        throwaway = options.state is None and not options.keep_scratch
         config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
-                               pty_to_stdout=tty.stdout, timeout=options.timeout)
+                               pty_to_stdout=tty.stdout, timeout=options.timeout,
+                               on_ready=(lambda: scratch.unlink(missing_ok=True))
+                               if throwaway else None)
         # Raw only while the guest runs: our own messages below need the
         # terminal's normal newline handling.
         with raw_mode(0) if tty.interactive else contextlib.nullcontext():
@@ -315,7 +321,9 @@ def run(options: RunOptions) -> int:
         if options.verbose:
             sys.stderr.write(log_file.read_text(errors="replace"))
             _show_phases(result, scratch_s)
-        status = exit_status(result, os.fsdecode(options.argv[0]), cwd, log_file,
-                             options.timeout)
+        memory_dir = None if guestmem.backing(kernel.patches) is guestmem.Backing.MEMFD \
+            else str(guestmem.search_dir())
+        status = exit_status(result, os.fsdecode(options.argv[0]), cwd,
+                             FailureContext(log_file, options.mem, memory_dir), options.timeout)
         report_writeback(result.writeback, verbose=options.verbose, run_dir=run_dir)
         return status

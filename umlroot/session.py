@@ -242,6 +242,10 @@ class SessionConfig:
     pty_to_stdout: bool
     boot_timeout: float = 60.0
     timeout: float | None = None
+    # Called once the guest is READY. The runner unlinks the throwaway
+    # scratch disk there: the guest has it mounted (UML holds it open), and a
+    # run killed outright then leaves no scratch data behind on the host.
+    on_ready: Callable[[], None] | None = None
 
 
 class Session:
@@ -339,6 +343,8 @@ class Session:
             self.machine.kill()
             return
         self.mark("ready")
+        if self.config.on_ready is not None:
+            self.config.on_ready()
         times = ready_info.split()
         if len(times) == 2:
             # Guest uptime (ms) when init started and when it was ready.

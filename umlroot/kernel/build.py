@@ -242,22 +242,24 @@ def obtain_tree(plan: SourcePlan, ws: Workspace) -> tuple[Path, Path | None]:
     return ksource.unpack_tarball(tarball, ws.root / "src"), None
 
 
-def apply_patches(tree: Path, plan: SourcePlan, ws: Workspace) -> None:
+def apply_patches(tree: Path, plan: SourcePlan, ws: Workspace) -> tuple[str, ...]:
     """umlroot's kernel patches, on trees umlroot unpacked itself; a tree the
-    user named is built out of tree and never modified."""
+    user named is built out of tree and never modified. Returns the names
+    applied (they go into the build record)."""
     shipped = patches.shipped_patches()
     if plan.kind is ksource.SourceKind.TREE:
         if shipped:
             log.warn("umlroot's kernel patches are not applied to a tree you named "
                      "(guest system calls will be slower): "
                      + ", ".join(patch.name for patch in shipped))
-        return
+        return ()
     for patch in shipped:
         log.say(f"patching: {patch.name}")
         patch_file = ws.root / patch.name
         patch_file.write_bytes(patch.text)
         run_logged(patches.patch_command(patch_file), cwd=tree, log_file=ws.log_file,
                    step=f"applying {patch.name}")
+    return tuple(patch.name for patch in shipped)
 
 
 def configure(tree: Path, obj: Path | None, options: list[fragment.Option],
@@ -340,7 +342,7 @@ def _build_locked(options: BuildOptions, plan: SourcePlan,
         if plan.version is None:
             for warning in warnings:
                 log.warn(warning)
-        apply_patches(tree, plan, ws)
+        applied = apply_patches(tree, plan, ws)
         config = configure(tree, obj, frag_options, ws)
         jobs = options.jobs or os.cpu_count() or 1
         progress = Progress(_expected_steps())
@@ -353,7 +355,7 @@ def _build_locked(options: BuildOptions, plan: SourcePlan,
             smp=fragment.smp_enabled(fragment.parse_config(config.read_text())),
             build_seconds=round(time.monotonic() - started, 1),
             built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            compile_steps=progress.compiled)
+            compile_steps=progress.compiled, patches=applied)
         entry = install((obj or tree) / "linux", record)
         ok = True
     finally:

@@ -29,6 +29,8 @@ def show_info(options: InfoOptions) -> None:
     click.echo(f"why:     {choice.reason}")
     click.echo(f"smp:     {'yes' if choice.smp else 'no'}")
     click.echo(f"args:    {' '.join(choice.boot_args) or '(none recorded)'}")
+    patches = "unknown" if choice.patches is None else " ".join(choice.patches) or "none"
+    click.echo(f"patches: {patches}")
     if options.cpus > 1 and not choice.smp:
         raise UmlrootError(f"--cpus {options.cpus}: this kernel has no SMP")
     lpj = probe.preset_lpj(choice.path) if options.preset_lpj else None

@@ -37,6 +37,26 @@ def build_id(fragment_text: str, patches: list[Patch] | None = None) -> str:
     return digest.hexdigest()[:12]
 
 
+def carried(record_patches: tuple[str, ...] | None, record_build_id: str,
+            fragment_text: str) -> tuple[str, ...] | None:
+    """The patches a cached kernel carries: what its record says; for a record
+    older than that field, the shipped patches if its build id is this
+    umlroot's; else None (unknown: ask the kernel by booting it)."""
+    if record_patches is not None:
+        return record_patches
+    if record_build_id == build_id(fragment_text):
+        return tuple(patch.name for patch in shipped_patches())
+    return None
+
+
+def has_memfd(names: tuple[str, ...] | None) -> bool | None:
+    """Whether those patches include the one that backs guest memory with
+    memfd_create() (its file name says `memfd`); None if unknown."""
+    if names is None:
+        return None
+    return any("memfd" in name for name in names)
+
+
 def patch_command(patch_file: Path) -> list[str]:
     """`patch` invocation for one patch file, run in the top of the tree."""
     return ["patch", "-p1", "--forward", "--batch", "-i", str(patch_file)]

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from umlroot import log
+from umlroot import guestmem, log
 from umlroot.cache import cache_dir
 from umlroot.errors import UmlrootError
 
@@ -48,6 +48,9 @@ class ProbeResult:
     uptime: float | None = None  # guest seconds at init
     lpj: int | None = None  # the calibrated loops_per_jiffy, to preset with lpj=
     detail: str = ""  # the line that explains a failure
+    # The directory UML mapped guest memory from; None: memfd (a kernel with
+    # umlroot's memfd patch), or the boot did not get that far.
+    memory_dir: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +73,11 @@ class ProbeResult:
 
 def classify(output: str, *, timed_out: bool = False) -> ProbeResult:
     """Turn a probe boot's console output into a verdict (pure: unit-tested on recordings)."""
+    return dataclasses.replace(_verdict(output, timed_out),
+                               memory_dir=guestmem.used_directory(output))
+
+
+def _verdict(output: str, timed_out: bool) -> ProbeResult:
     lpj_match = _LPJ_RE.search(output)
     lpj = int(lpj_match.group(1)) if lpj_match else None
     init = _INIT_RE.search(output)
@@ -135,7 +143,7 @@ def boot_probe(kernel: Path, settings: ProbeSettings = ProbeSettings(),
             # UML writes its early checks on stderr and the console on fd 1: keep both.
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                                  start_new_session=True)
+                                  start_new_session=True, env=guestmem.uml_environment())
             output, timed_out = done.stdout.decode(errors="replace"), False
         except subprocess.TimeoutExpired as e:
             raw = e.stdout or b""
@@ -204,9 +212,11 @@ def cached_probe(kernel: Path, settings: ProbeSettings = ProbeSettings()) -> Pro
 
 
 def remember(kernel: Path, settings: ProbeSettings, result: ProbeResult) -> None:
-    """Record a verdict; timeouts are not recorded (the machine may just have been busy)."""
+    """Record a verdict; timeouts are not recorded (the machine may just have
+    been busy), nor a memory directory refused (that depends on the mounts
+    of the moment, e.g. a container's /dev/shm, not on the kernel)."""
     key = _cache_key(kernel, settings)
-    if key is None or result.status is ProbeStatus.TIMEOUT:
+    if key is None or result.status in (ProbeStatus.TIMEOUT, ProbeStatus.NO_TMPEXEC):
         return
     data = _load()
     data[key] = {"status": result.status.value, "uptime": result.uptime, "lpj": result.lpj,

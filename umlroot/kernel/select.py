@@ -17,7 +17,7 @@ from pathlib import Path
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store
 from umlroot.kernel.fragment import fragment_text
-from umlroot.kernel.patches import build_id
+from umlroot.kernel.patches import build_id, carried
 
 SYSTEM_KERNELS = (Path("/usr/bin/linux.uml"), Path("/usr/bin/linux"))
 BUILD_HINT = "run `umlroot kernel build` (about 10 minutes, once)"
@@ -40,6 +40,9 @@ class KernelChoice:
     # Extra kernel arguments that speed up boot on this host (`lpj=N`: skip the
     # delay-loop calibration); empty when no probe result is recorded.
     boot_args: tuple[str, ...] = ()
+    # umlroot's patches the kernel carries (from its build record); None when
+    # unknown (a distro kernel, a binary named by path outside the cache).
+    patches: tuple[str, ...] | None = None
 
 
 def _ask_binary(path: Path, flag: str) -> str | None:
@@ -75,9 +78,13 @@ def _named(path: Path, origin: Origin, how: str) -> KernelChoice:
         if entry.binary.resolve() == path.resolve():
             return KernelChoice(path, entry.record.version, origin,
                                 f"named by {how} (cached build from {entry.record.source})",
-                                entry.record.smp, _boot_args(path))
+                                entry.record.smp, _boot_args(path), _carried(entry.record))
     version, smp = describe_binary(path)
     return KernelChoice(path, version, origin, f"named by {how}", smp, _boot_args(path))
+
+
+def _carried(record: store.Record) -> tuple[str, ...] | None:
+    return carried(record.patches, record.fragment_hash, fragment_text())
 
 
 def from_cache() -> KernelChoice | None:
@@ -89,7 +96,7 @@ def from_cache() -> KernelChoice | None:
         " (built with an older kernel.config; `umlroot kernel build` updates it)"
     return KernelChoice(entry.binary, entry.record.version, Origin.CACHE,
                         f"built by `umlroot kernel build` from {entry.record.source}{note}",
-                        entry.record.smp, _boot_args(entry.binary))
+                        entry.record.smp, _boot_args(entry.binary), _carried(entry.record))
 
 
 def system_candidates() -> list[Path]:

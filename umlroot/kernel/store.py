@@ -38,6 +38,10 @@ class Record:
     build_seconds: float
     built_at: str  # ISO 8601, UTC
     compile_steps: int = 0  # CC lines, to estimate the next build's progress
+    # Names of umlroot's patches applied to the source (umlroot/kernel/patches/),
+    # in order; None in records written before this field existed.
+    patches: tuple[str, ...] | None = None
+    imported_at: str = ""  # ISO 8601, UTC, when `umlroot kernel import` installed it
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -46,7 +50,10 @@ class Record:
     def from_json(cls, text: str) -> Record:
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in names}
+        if isinstance(fields.get("patches"), list):
+            fields["patches"] = tuple(str(name) for name in fields["patches"])
+        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
