@@ -2,7 +2,7 @@
 """The workload matrix of issue 9: real packaging and build work, timed
 natively, under fakeroot and under umlroot, interleaved in one run.
 
-    bench/matrix.py [--rounds N] [--variants LIST] [--only LIST] [--markdown]
+    bench/matrix.py [--rounds N] [--variants LIST] [--only LIST] [--kernel PATH] [--markdown]
 
 Workloads (inputs are made once, natively, before anything is timed):
 
@@ -182,7 +182,8 @@ int work{index}(int n)
         "clean:\n\trm -f *.o prog\n")
 
 
-def tool_argv(variant: str, workload: Workload, umlroot: list[str]) -> list[str] | None:
+def tool_argv(variant: str, workload: Workload, umlroot: list[str],
+              kernel: Path | None = None) -> list[str] | None:
     """The command line a variant puts before `sh -c SCRIPT`, or None where it
     does not apply."""
     if variant == "native":
@@ -191,7 +192,8 @@ def tool_argv(variant: str, workload: Workload, umlroot: list[str]) -> list[str]
         return ["fakeroot"] if workload.fakeroot else None
     pinned = variant.endswith("-pinned")
     cpus = variant.removesuffix("-pinned").removeprefix("uml")
-    argv = [*umlroot, "run", "--cpus", cpus, "--"]
+    kernel_args = ["--kernel", str(kernel)] if kernel is not None else []
+    argv = [*umlroot, "run", "--cpus", cpus, *kernel_args, "--"]
     return ["taskset", "-c", "0", *argv] if pinned else argv
 
 
@@ -254,6 +256,8 @@ def main() -> None:
                         help="the umlroot command (e.g. 'python3 -m umlroot')")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where inputs go (default: a new directory in TMPDIR)")
+    parser.add_argument("--kernel", type=Path, default=None,
+                        help="UML kernel for the umlroot variants (A/B against another build)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
 
@@ -274,7 +278,7 @@ def main() -> None:
         for round_number in range(1, args.rounds + 1):
             for workload in chosen:
                 for variant in variants:
-                    argv = tool_argv(variant, workload, umlroot)
+                    argv = tool_argv(variant, workload, umlroot, args.kernel)
                     if argv is None:
                         continue
                     elapsed = time_one(argv, workload, work)
