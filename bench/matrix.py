@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shlex
 import shutil
@@ -38,6 +39,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from fakeroot_workload import (  # bench/ is on sys.path
+    WORKLOAD,
+    fresh_tree,
+    steal_seconds,
+)
 
 HERE = Path(__file__).resolve().parent
 DATA_SIZE = 100 * 1024 * 1024
@@ -55,27 +62,13 @@ class Workload:
     setup: Callable[[Path], None] | None = None  # before each timed run, not timed
 
 
-def fresh_tree(work: Path) -> None:
-    """fakeroot workload: a new copy of /usr/share/doc as `tree`, no out.tar."""
-    remove(work / "tree", work / "out.tar")
-    subprocess.run(["cp", "-a", str(DOC), str(work / "tree")], check=True)
-
-
 def no_deb(work: Path) -> None:
-    remove(work / "out.deb")
-
-
-def remove(*paths: Path) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    (work / "out.deb").unlink(missing_ok=True)
 
 
 WORKLOADS = [
-    Workload("fakeroot", "chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree",
-             needs_root=True, fakeroot=True, setup=fresh_tree),
+    Workload("fakeroot", WORKLOAD, needs_root=True, fakeroot=True,
+             setup=functools.partial(fresh_tree, DOC)),
     Workload("xz-c", "xz -T0 -1 -c data > /dev/null"),
     Workload("xz-d", "xz -T0 -dc data.xz > /dev/null"),
     Workload("zstd-c", "zstd -q -T0 -c data > /dev/null"),
@@ -210,13 +203,6 @@ def time_one(argv: list[str], workload: Workload, work: Path) -> float:
         sys.exit(f"{workload.name}: {shlex.join(argv)} failed ({result.returncode}): "
                  f"{result.stderr.strip()[-500:]}")
     return elapsed
-
-
-def steal_seconds() -> float:
-    """CPU time the hypervisor stole from this VM since boot (all CPUs)."""
-    with open("/proc/stat") as stat:
-        fields = stat.readline().split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def report(times: dict[str, dict[str, list[float]]], variants: Sequence[str],
