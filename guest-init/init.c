@@ -1,19 +1,32 @@
 /* umlroot guest init: PID 1 of the UML guest.
  *
  * Boot steps, in order (each failure is reported by name to the host):
- *   devtmpfs on /dev, control channel, the request from the host's run dir,
- *   hostfs "/" read-only, scratch ext4, overlay root, proc/sys/dev/tmp/run,
- *   switch into the overlay, READY.
- * Then: run CMD as root, relay its stdio, reap every child, report the
- * status, write back, sync, power off (and keep trying if that fails).
+ *   devtmpfs on /dev, control channel, the machine's request from the host's
+ *   run dir, hostfs "/" read-only, scratch ext4, overlay root,
+ *   proc/sys/dev/tmp/run, switch into the overlay, the commands' mount
+ *   namespace, READY.
+ * Then a command loop: for each `r N`, run the command of IO/cN/request as
+ * root, relay its stdio, and when it exits kill whatever it left running
+ * and report its status. Mounts, files and loop devices stay for the next
+ * command. `q` (or `r N last`) ends the guest: write back, sync, power off
+ * (and keep trying if that fails).
  *
  * Control protocol (lines on /dev/tty1, raw mode):
  *   guest -> host: READY | ERR <step>: <msg> | EXIT <exit|signal|notfound|noexec|nocwd> <n>
- *                  | I <chunk> (stdin chunk consumed) | WB <summary> | DONE
- *   host -> guest: i <chunk> <size> (stdin chunk ready as IO/in.<chunk>)
+ *                  | I <chunk> (stdin chunk consumed) | WB <summary> | WBDONE | DONE
+ *   host -> guest, no command running:
+ *                  r <N> [last] (run IO/cN/request; `last`: then finish as
+ *                                for `q 1` if it exited or died of a signal,
+ *                                else as for `q 0`)
+ *                  | W (write back now, then WBDONE)
+ *                  | q <1|0> (finish: 1 = write back and record --state,
+ *                             0 = neither; then DONE and power off)
+ *   host -> guest, while command N runs:
+ *                  i <chunk> <size> (stdin chunk ready as IO/cN/in.<chunk>)
  *                  | e (stdin EOF) | k <signal> | w <rows> <cols>
  *                  | a <1|2> <offset> (host consumed stream up to offset)
- * CMD's stdout/stderr go to IO/out.1 and IO/out.2, which the host tails.
+ *   Lines of the wrong phase (a late `k` after EXIT) are ignored.
+ * A command's stdout/stderr go to IO/cN/out.1 and out.2, which the host tails.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -54,8 +67,18 @@
 static int ctl_fd = -1;
 static int kmsg_fd = -1;
 static struct request req;
+/* The commands' mount namespace (see make_command_namespace). */
+static int cmd_ns_fd = -1;
+/* IO/cN of the command that runs. */
+static char cmd_dir[64];
 /* Linux caps argv + environment at ARG_MAX-ish sizes (2 MiB by default). */
 static char request_buf[4 << 20];
+static char machine_buf[1 << 20];
+/* Bytes from the host not yet handled (lines may span reads, and one read
+ * may hold `r N` and the new command's first lines). */
+static char ctl_in[1024];
+static size_t ctl_in_len;
+static char ctl_line[256];
 static char relay_buf[RELAY_BUF];
 static char stdin_buf[STDIN_CHUNK_MAX];
 
@@ -169,28 +192,42 @@ static long parse_long(const char *s, int base)
 	return strtol(s, NULL, base);
 }
 
-/* The request file: records of "tag\0value\0". */
-static void read_request(const char *path)
+/* A request file: records of "tag\0value\0", into buf; returns its end. */
+static char *load_request(const char *path, char *buf, size_t size)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		fail("open request", errno);
 	size_t len = 0;
 	for (;;) {
-		ssize_t n = read(fd, request_buf + len, sizeof(request_buf) - 1 - len);
+		ssize_t n = read(fd, buf + len, size - 1 - len);
 		if (n < 0)
 			fail("read request", errno);
 		if (n == 0)
 			break;
 		len += (size_t)n;
-		if (len >= sizeof(request_buf) - 1)
+		if (len >= size - 1)
 			fail("read request", E2BIG);
 	}
 	close(fd);
-	request_buf[len] = '\0';
+	buf[len] = '\0';
+	return buf + len;
+}
 
+/* Both files share one format (and parser): the machine's request sets the
+ * machine's fields, a command's request the command's. Values point into
+ * buf, which must live as long as they are used. */
+static void read_request(const char *path, char *buf, size_t size, int command)
+{
+	char *end = load_request(path, buf, size);
 	int argc = 0, envc = 0;
-	char *p = request_buf, *end = request_buf + len;
+	char *p = buf;
+	if (command) {
+		req.cwd = NULL;
+		req.umask = 022;
+		req.tty_in = req.tty_out = req.tty_err = req.merge_stderr = 0;
+		req.rows = req.cols = 0;
+	}
 	while (p < end) {
 		char *tag = p;
 		char *value = tag + strlen(tag) + 1;
@@ -218,6 +255,8 @@ static void read_request(const char *path)
 			sscanf(value, "%u %u", &rows, &cols);
 			req.rows = (unsigned short)rows;
 			req.cols = (unsigned short)cols;
+		} else if (!strcmp(tag, "merge-stderr")) {
+			req.merge_stderr = value[0] == '1';
 		} else if (!strcmp(tag, "tmpfs-tmp")) {
 			req.tmpfs_tmp = value[0] == '1';
 		} else if (!strcmp(tag, "persistent")) {
@@ -231,6 +270,7 @@ static void read_request(const char *path)
 			sscanf(value, "%lld.%lld", &sec, &nsec);
 			req.t0.tv_sec = (time_t)sec;
 			req.t0.tv_nsec = (long)nsec;
+			req.wb_since = req.t0;
 		} else if (!strcmp(tag, "uid")) {
 			req.host_uid = (uid_t)parse_long(value, 10);
 		} else if (!strcmp(tag, "gid")) {
@@ -248,6 +288,10 @@ static void read_request(const char *path)
 		}
 		/* Unknown tags are ignored: an older init keeps working. */
 	}
+	if (!command)
+		return;
+	req.argv[argc] = NULL;
+	req.envp[envc] = NULL;
 	if (argc == 0)
 		fail("parse request: no command", EINVAL);
 	if (!req.cwd)
@@ -349,6 +393,31 @@ static void setup_new_root(const char *run_dir)
 	make_disk_links();
 }
 
+/* One mount namespace for every command of this guest, without init's own
+ * tree (UR_DIR): what a command mounts is there for the next one. init
+ * stays in its own namespace and keeps the commands' one alive with an fd,
+ * so it outlives the processes in it; closing the fd at the end unmounts
+ * whatever the commands left mounted. */
+static void make_command_namespace(void)
+{
+	int own = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+	if (own < 0)
+		fail("open /proc/self/ns/mnt", errno);
+	if (unshare(CLONE_NEWNS) < 0)
+		fail("unshare the commands' mount namespace", errno);
+	if (umount2(UR_DIR, MNT_DETACH) < 0)
+		fail("detach " UR_DIR " from the commands' namespace", errno);
+	cmd_ns_fd = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+	if (cmd_ns_fd < 0)
+		fail("open the commands' mount namespace", errno);
+	if (setns(own, CLONE_NEWNS) < 0)
+		fail("return to init's mount namespace", errno);
+	close(own);
+	/* setns put us at the namespace's root: back into the overlay's. */
+	if (chdir("/") < 0)
+		fail("chdir /", errno);
+}
+
 static void boot(void)
 {
 	char run_dir[4096];
@@ -361,7 +430,7 @@ static void boot(void)
 	if (mkdir("/run/s", 0755) < 0)
 		fail("mkdir /run/s", errno);
 	do_mount("mount run dir", "none", "/run/s/io", "hostfs", MS_NOSUID | MS_NODEV, run_dir);
-	read_request("/run/s/io/request");
+	read_request("/run/s/io/request", machine_buf, sizeof(machine_buf), 0);
 	if (mkdir("/run/s/new", 0755) < 0)
 		fail("mkdir /run/s/new", errno);
 	mount_root();
@@ -373,6 +442,7 @@ static void boot(void)
 	 * otherwise hit EMFILE in the guest (the host limit is raised by umlroot). */
 	struct rlimit nofile = {1 << 20, 1 << 20};
 	setrlimit(RLIMIT_NOFILE, &nofile);
+	make_command_namespace();
 }
 
 /* ---- the command ------------------------------------------------------------ */
@@ -425,8 +495,8 @@ static __attribute__((noreturn)) void exec_child(int fds[3], int exec_err, int c
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* CMD sees a normal root: init's own mounts are not in its namespace. */
-	if (unshare(CLONE_NEWNS) == 0)
-		umount2(UR_DIR, MNT_DETACH);
+	if (setns(cmd_ns_fd, CLONE_NEWNS) < 0)
+		goto fail;
 	setsid();
 	if (ctty >= 0)
 		ioctl(ctty, TIOCSCTTY, 0);
@@ -484,12 +554,15 @@ static pid_t start_command(struct child_io *io)
 	}
 	for (int i = 1; i <= 2; i++) {
 		int is_tty = i == 1 ? req.tty_out : req.tty_err;
-		char path[64];
-		snprintf(path, sizeof(path), UR_IO "/out.%d", i);
+		char path[128];
+		snprintf(path, sizeof(path), "%s/out.%d", cmd_dir, i);
 		io->out[i].file = open(path, O_WRONLY | O_CLOEXEC);
 		if (io->out[i].file < 0)
 			fail("open output file", errno);
-		if (is_tty) {
+		if (i == 2 && req.merge_stderr) {
+			/* One pipe (or terminal) for both, as 2>&1 would do. */
+			child_fds[2] = child_fds[1];
+		} else if (is_tty) {
 			child_fds[i] = slave;
 		} else {
 			if (make_pipe(pipes[i]) < 0)
@@ -516,7 +589,8 @@ static pid_t start_command(struct child_io *io)
 	close(err_pipe[1]);
 	io->exec_err = err_pipe[0];
 	for (int i = 0; i < 3; i++)
-		if (child_fds[i] >= 0 && child_fds[i] != slave)
+		if (child_fds[i] >= 0 && child_fds[i] != slave &&
+		    !(i == 2 && child_fds[2] == child_fds[1]))
 			close(child_fds[i]);
 	if (slave >= 0)
 		close(slave);
@@ -541,8 +615,8 @@ struct stdin_state {
 
 static void stdin_load(struct stdin_state *st)
 {
-	char path[64];
-	snprintf(path, sizeof(path), UR_IO "/in.%ld", st->next);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/in.%ld", cmd_dir, st->next);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		fail("open stdin chunk", errno);
@@ -624,7 +698,8 @@ static void handle_host_line(char *line, struct stdin_state *st, struct child_io
 		}
 		break;
 	case 'a':
-		if (sscanf(line + 1, "%ld %ld", &a, &b) == 2 && (a == 1 || a == 2)) {
+		if (sscanf(line + 1, "%ld %ld", &a, &b) == 2 && (a == 1 || a == 2) &&
+		    io->out[a].file >= 0) {
 			io->out[a].acked = b;
 			/* The host has the bytes: drop them from the guest's page cache. */
 			posix_fadvise(io->out[a].file, 0, b, POSIX_FADV_DONTNEED);
@@ -639,22 +714,75 @@ struct outcome {
 	int value;
 };
 
+/* The next complete line already received, or NULL. */
+static char *ctl_next_line(void)
+{
+	char *nl = memchr(ctl_in, '\n', ctl_in_len);
+	size_t len = nl ? (size_t)(nl - ctl_in) : ctl_in_len;
+	if (!nl && len < sizeof(ctl_line) - 1)
+		return NULL;
+	if (len > sizeof(ctl_line) - 1)
+		len = sizeof(ctl_line) - 1; /* too long for any message: cut */
+	memcpy(ctl_line, ctl_in, len);
+	ctl_line[len] = '\0';
+	size_t used = nl ? (size_t)(nl - ctl_in) + 1 : len;
+	memmove(ctl_in, ctl_in + used, ctl_in_len - used);
+	ctl_in_len -= used;
+	return ctl_line;
+}
+
+/* Hand each line already received to handle(). A handler may run a whole
+ * command (`r`), which takes the lines meant for it from the same buffer. */
+static void ctl_dispatch(void (*handle)(char *line, void *ctx), void *ctx)
+{
+	char *line;
+	while ((line = ctl_next_line()) != NULL)
+		handle(line, ctx);
+}
+
+/* Read what the host sent and dispatch it. Returns -1 when the channel is
+ * gone (the host closed it: nothing left to do). */
+static int ctl_read(void (*handle)(char *line, void *ctx), void *ctx)
+{
+	ssize_t got = read(ctl_fd, ctl_in + ctl_in_len, sizeof(ctl_in) - ctl_in_len);
+	if (got < 0)
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
+	if (got == 0)
+		return -1;
+	ctl_in_len += (size_t)got;
+	ctl_dispatch(handle, ctx);
+	return 0;
+}
+
+struct running {
+	struct stdin_state *st;
+	struct child_io *io;
+	pid_t pid; /* 0 once CMD has exited: signals go nowhere */
+};
+
+static void handle_running_line(char *line, void *ctx)
+{
+	struct running *r = ctx;
+	handle_host_line(line, r->st, r->io, r->pid);
+}
+
 static struct outcome run_command(void)
 {
 	struct child_io io;
 	struct stdin_state st = {.next = 1};
-	char ctl_line[256];
-	size_t ctl_len = 0;
 	int status = 0, cmd_done = 0;
 	long drain_deadline = 0;
 
-	sigset_t chld;
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &chld, NULL);
-	int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sfd < 0)
-		fail("signalfd", errno);
+	static int sfd = -1;
+	if (sfd < 0) {
+		sigset_t chld;
+		sigemptyset(&chld);
+		sigaddset(&chld, SIGCHLD);
+		sigprocmask(SIG_BLOCK, &chld, NULL);
+		sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+		if (sfd < 0)
+			fail("signalfd", errno);
+	}
 
 	pid_t pid = start_command(&io);
 
@@ -675,6 +803,10 @@ static struct outcome run_command(void)
 	for (;;) {
 		struct pollfd p[5];
 		int np = 0, i_ctl, i_sig, i_in = -1, i_out[3] = {-1, -1, -1};
+
+		/* Lines that arrived along with `r N`, or with the last read. */
+		struct running pending = {&st, &io, cmd_done ? 0 : pid};
+		ctl_dispatch(handle_running_line, &pending);
 
 		/* Load the next stdin chunk once the previous one is in the pipe. */
 		if (io.in_w >= 0 && st.loaded == 0 && st.next <= st.ready)
@@ -728,17 +860,8 @@ static struct outcome run_command(void)
 			}
 		}
 		if (p[i_ctl].revents & POLLIN) {
-			char buf[256];
-			ssize_t got = read(ctl_fd, buf, sizeof(buf));
-			for (ssize_t k = 0; k < got; k++) {
-				if (buf[k] == '\n' || ctl_len == sizeof(ctl_line) - 1) {
-					ctl_line[ctl_len] = '\0';
-					handle_host_line(ctl_line, &st, &io, cmd_done ? 0 : pid);
-					ctl_len = 0;
-				} else {
-					ctl_line[ctl_len++] = buf[k];
-				}
-			}
+			struct running r = {&st, &io, cmd_done ? 0 : pid};
+			ctl_read(handle_running_line, &r);
 		}
 		if (i_in >= 0 && (p[i_in].revents & (POLLOUT | POLLERR | POLLHUP))) {
 			ssize_t w = write(io.in_w, stdin_buf + st.off, st.len - st.off);
@@ -771,9 +894,16 @@ static struct outcome run_command(void)
 	 * background processes that are about to be killed. */
 	/* No fsync: hostfs writes are host write()s already, visible to the
 	 * host's reader; a host fsync would only add a disk flush. */
-	for (int s = 1; s <= 2; s++)
+	for (int s = 1; s <= 2; s++) {
 		if (io.out[s].file >= 0)
 			close(io.out[s].file);
+		if (io.out[s].src >= 0 && io.out[s].src != io.pty)
+			close(io.out[s].src);
+	}
+	if (io.in_w >= 0 && io.in_w != io.pty)
+		close(io.in_w);
+	if (io.pty >= 0)
+		close(io.pty);
 	if (failed.kind)
 		return failed;
 	if (WIFSIGNALED(status))
@@ -803,13 +933,14 @@ static void detach_loop_devices(void)
 	closedir(dir);
 }
 
-static void kill_everything(void)
+/* Commands run one at a time: what one leaves running (background jobs,
+ * daemons) is killed when it exits, so the next starts from a quiet guest
+ * and nothing writes to the overlay while it is written back. */
+static void kill_leftovers(void)
 {
-	/* Nothing may write to the overlay while it is written back. */
 	kill(-1, SIGKILL);
 	while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
 		;
-	detach_loop_devices();
 }
 
 static void do_writeback(void)
@@ -830,6 +961,77 @@ static void do_writeback(void)
 		sum.conflicts, sum.outside, sum.failed, sum.denied, req.persistent);
 }
 
+/* W: write back between commands. Filesystems the commands mounted (an
+ * image file under a loop mount) are flushed first, so the files written
+ * back hold what those filesystems hold. */
+static void writeback_now(void)
+{
+	struct timespec end;
+	sync();
+	do_writeback();
+	/* What this writeback changed on the host is not a host change the
+	 * next one must respect. */
+	clock_gettime(CLOCK_REALTIME, &end);
+	req.wb_since = end;
+	ctl_say("WBDONE");
+}
+
+/* q (or the end of the last command): unmount what the commands left
+ * mounted, write back, record the state, sync, power off. */
+static __attribute__((noreturn)) void finish(int ran)
+{
+	kill_leftovers();
+	/* The last reference to the commands' namespace: its mounts go away
+	 * (loop-mounted images are unmounted cleanly). */
+	close(cmd_ns_fd);
+	detach_loop_devices();
+	if (ran)
+		do_writeback();
+	else
+		ctl_say("WB none");
+	if (req.persistent && ran)
+		state_finish(&req, UR_SCRATCH);
+	/* hostfs writes are write-through, so writeback needs no sync; a
+	 * throwaway scratch disk needs none either (syncing 100 MB that CMD
+	 * left in it cost ~0.5 s). A --state file and --disk images do. */
+	if (req.persistent || req.ndisks > 0)
+		sync();
+	ctl_say("DONE");
+	power_off();
+}
+
+static void run_numbered(long number, int last)
+{
+	snprintf(cmd_dir, sizeof(cmd_dir), UR_IO "/c%ld", number);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/request", cmd_dir);
+	read_request(path, request_buf, sizeof(request_buf), 1);
+	struct outcome out = run_command();
+	kill_leftovers();
+	ctl_say("EXIT %s %d", out.kind, out.value);
+	if (last)
+		finish(!strcmp(out.kind, "exit") || !strcmp(out.kind, "signal"));
+}
+
+/* A line while no command runs. */
+static void handle_idle_line(char *line, void *ctx)
+{
+	(void)ctx;
+	long number = 0;
+	char last[8] = "";
+	switch (line[0]) {
+	case 'r':
+		if (sscanf(line + 1, "%ld %7s", &number, last) >= 1 && number > 0)
+			run_numbered(number, !strcmp(last, "last"));
+		break;
+	case 'W':
+		writeback_now();
+		break;
+	case 'q':
+		finish(line[1] == ' ' && line[2] == '1');
+	}
+}
+
 int main(void)
 {
 	if (getpid() != 1) {
@@ -840,20 +1042,12 @@ int main(void)
 	boot();
 	/* The host shows these in --verbose's timing breakdown. */
 	ctl_say("READY %ld %ld", init_started, clock_ms(CLOCK_BOOTTIME));
-	struct outcome out = run_command();
-	ctl_say("EXIT %s %d", out.kind, out.value);
-	kill_everything();
-	if (!strcmp(out.kind, "exit") || !strcmp(out.kind, "signal"))
-		do_writeback();
-	else
-		ctl_say("WB none");
-	if (req.persistent && (!strcmp(out.kind, "exit") || !strcmp(out.kind, "signal")))
-		state_finish(&req, UR_SCRATCH);
-	/* hostfs writes are write-through, so writeback needs no sync; a
-	 * throwaway scratch disk needs none either (syncing 100 MB that CMD
-	 * left in it cost ~0.5 s). A --state file and --disk images do. */
-	if (req.persistent || req.ndisks > 0)
-		sync();
-	ctl_say("DONE");
-	power_off();
+	for (;;) {
+		struct pollfd p = {.fd = ctl_fd, .events = POLLIN};
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			fail("poll", errno);
+		/* The host is gone: nobody wants the results. */
+		if ((p.revents & (POLLIN | POLLHUP)) && ctl_read(handle_idle_line, NULL) < 0)
+			finish(0);
+	}
 }

@@ -13,8 +13,9 @@
 #include <sys/types.h>
 #include <time.h>
 
-/* Where init keeps its own mounts inside the guest. CMD runs in a mount
- * namespace of its own in which this tree is detached. */
+/* Where init keeps its own mounts inside the guest. Commands run in a mount
+ * namespace of their own (one for the guest's life, shared by all its
+ * commands) in which this tree is detached. */
 #define UR_DIR "/run/umlroot"
 #define UR_LOWER UR_DIR "/lower"     /* hostfs of host "/", read-only */
 #define UR_SCRATCH UR_DIR "/scratch" /* ext4 on /dev/ubda: upper + work */
@@ -31,19 +32,26 @@ struct disk {
 	char name[256]; /* stable name under /dev/disk/by-umlroot */
 };
 
-/* The request, as the host wrote it to IO/request before boot. */
+/* The request: the machine's part from IO/request (written before boot),
+ * the command's part from IO/c<N>/request (one per command). */
 struct request {
+	/* the command */
 	char *argv[UR_MAX_ARGS + 1];
 	char *envp[UR_MAX_ENV + 1];
 	const char *cwd;
 	mode_t umask;
 	int tty_in, tty_out, tty_err; /* host fd 0/1/2 is a terminal */
+	int merge_stderr;             /* stderr goes where stdout goes */
 	unsigned short rows, cols;
+	/* the machine */
 	int tmpfs_tmp;  /* mount a fresh tmpfs on /tmp */
 	int persistent; /* scratch is a --state file: keep barriers + journal */
 	const char *scopes[UR_MAX_SCOPES];
 	int nscopes;
-	struct timespec t0; /* run start, host clock: later host changes conflict */
+	struct timespec t0; /* guest start, host clock: what --state records */
+	/* Host changes at or after this conflict: t0, then the end of the
+	 * last writeback (which changed the host itself). */
+	struct timespec wb_since;
 	uid_t host_uid;
 	gid_t host_gid;
 	int verbose;

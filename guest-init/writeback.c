@@ -21,8 +21,9 @@
  *   symlink, FIFO           created under a temporary name, then renamed
  *   device, socket, xattrs, owners other than root/the user: counted and
  *                           named in the report, never written
- * A host path whose ctime is >= the run's start changed on the host during
- * the run: it is left alone and reported as a conflict.
+ * A host path whose ctime is >= the guest's start (or the end of its last
+ * writeback) changed on the host meanwhile: it is left alone and reported
+ * as a conflict.
  * Deletions come last: a renamed file's data is read from its old place.
  *
  * Report: IO/writeback.report, lines "<kind>\t[<detail>\t]<path>" (kinds:
@@ -253,7 +254,7 @@ static int same_time(const struct timespec *a, const struct timespec *b)
 /* Changed on the host since the run started: keep the host's version. */
 static int conflicts(struct wb *w, const struct stat *host)
 {
-	const struct timespec *t0 = &w->req->t0;
+	const struct timespec *t0 = &w->req->wb_since;
 	if (host->st_ctim.tv_sec > t0->tv_sec ||
 	    (host->st_ctim.tv_sec == t0->tv_sec && host->st_ctim.tv_nsec >= t0->tv_nsec)) {
 		w->sum->conflicts++;

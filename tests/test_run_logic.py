@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from umlroot.diagnose import FailureContext, guest_failure, seccomp_refused
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.fakeroot import copy_sparse, shell_command
+from umlroot.guest import command_env, needs_host_tmp, root_path, writeback_scopes
 from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
-from umlroot.request import DiskLink, Request, TtyFlags
-from umlroot.runner import (
-    FailureContext,
-    RunOptions,
-    exit_status,
-    needs_host_tmp,
-    root_path,
-    seccomp_failed,
-    writeback_scopes,
-)
+from umlroot.process import returncode_of
+from umlroot.request import CommandRequest, DiskLink, MachineRequest, TtyFlags
 from umlroot.session import Outcome, Result
 
 
@@ -30,22 +24,27 @@ def parse_records(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def test_request_encodes_bytes_unchanged() -> None:
-    request = Request(argv=[b"printf", b"a b\n\xff"], env={b"K": b"v=w"}, cwd=b"/x y",
-                      umask=0o027, tty=TtyFlags(False, True, False), winsize=(24, 80),
-                      scopes=[b"/x y"], start_ns=1_500_000_000, host_uid=1000, host_gid=100,
-                      disks=[DiskLink("ubdb", "img")])
-    records = parse_records(request.encode())
+    command = CommandRequest(argv=[b"printf", b"a b\n\xff"], env={b"K": b"v=w"}, cwd=b"/x y",
+                             umask=0o027, tty=TtyFlags(False, True, False), winsize=(24, 80),
+                             merge_stderr=True)
+    records = parse_records(command.encode())
     assert records[:3] == [(b"arg", b"printf"), (b"arg", b"a b\n\xff"), (b"env", b"K=v=w")]
     as_dict = dict(records)
     assert as_dict[b"umask"] == b"27"
     assert as_dict[b"tty"] == b"010"
     assert as_dict[b"winsize"] == b"24 80"
-    assert as_dict[b"t0"] == b"1.500000000"
-    assert as_dict[b"disk"] == b"ubdb img"
+    assert as_dict[b"merge-stderr"] == b"1"
+    machine = dict(parse_records(MachineRequest(
+        scopes=[b"/x y"], start_ns=1_500_000_000, host_uid=1000, host_gid=100,
+        disks=[DiskLink("ubdb", "img")]).encode()))
+    assert machine[b"t0"] == b"1.500000000"
+    assert machine[b"disk"] == b"ubdb img"
+    assert machine[b"scope"] == b"/x y"
 
 
 def test_request_refuses_nul() -> None:
-    request = Request(argv=[b"a\0b"], env={}, cwd=b"/", umask=0, tty=TtyFlags(False, False, False))
+    request = CommandRequest(argv=[b"a\0b"], env={}, cwd=b"/", umask=0,
+                             tty=TtyFlags(False, False, False))
     with pytest.raises(ValueError):
         request.encode()
 
@@ -56,14 +55,19 @@ def test_root_path_appends_missing_sbin_dirs() -> None:
     assert root_path(full) == full
 
 
+def test_command_env_adds_what_every_command_sees() -> None:
+    env = command_env({b"PATH": b"/bin", b"A": b"1"}, {b"UMLROOT_DISK_IMG": b"/dev/ubdb"})
+    assert env == {b"PATH": b"/bin:/usr/local/sbin:/usr/sbin:/sbin", b"A": b"1",
+                   b"UMLROOT_DISK_IMG": b"/dev/ubdb", b"UMLROOT": b"1"}
+
+
 def test_writeback_scopes(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     cwd = os.fsencode(tmp_path / "sub")
-    options = RunOptions(argv=[b"true"], writable=[tmp_path, tmp_path / "sub"])
-    assert writeback_scopes(options, cwd) == [os.fsencode(tmp_path)]
-    assert writeback_scopes(RunOptions(argv=[b"true"], writeback=False), cwd) == []
+    assert writeback_scopes(True, [tmp_path, tmp_path / "sub"], cwd) == [os.fsencode(tmp_path)]
+    assert writeback_scopes(False, [tmp_path], cwd) == []
     with pytest.raises(UmlrootError):
-        writeback_scopes(RunOptions(argv=[b"true"], writable=[tmp_path / "missing"]), cwd)
+        writeback_scopes(True, [tmp_path / "missing"], cwd)
 
 
 def test_kernel_command_line_is_a_list_with_hex_run_dir() -> None:
@@ -79,31 +83,28 @@ def test_kernel_command_line_is_a_list_with_hex_run_dir() -> None:
     assert not any(a.startswith(("seccomp=", "ncpus=")) for a in ptrace)
 
 
-def done(outcome: Outcome, value: int) -> Result:
-    return Result(outcome=outcome, value=value, done=True)
-
-
-@pytest.mark.parametrize(("result", "status"), [
-    (done(Outcome.EXITED, 7), 7),
-    (done(Outcome.SIGNALED, 2), 130),
-    (done(Outcome.NOT_FOUND, 2), ExitCode.NOT_FOUND),
-    (done(Outcome.NOT_EXECUTABLE, 13), ExitCode.CANNOT_EXECUTE),
-    (Result(timed_out=True), ExitCode.TIMEOUT),
-    (Result(killed_by=15), 143),
+@pytest.mark.parametrize(("result", "status", "message"), [
+    (Result(outcome=Outcome.EXITED, value=7), 7, None),
+    (Result(outcome=Outcome.SIGNALED, value=2), 130, None),
+    (Result(outcome=Outcome.NOT_FOUND, value=2), ExitCode.NOT_FOUND, "cmd: command not found"),
+    (Result(outcome=Outcome.NOT_EXECUTABLE, value=13), ExitCode.CANNOT_EXECUTE,
+     "cmd: cannot execute: Permission denied"),
+    (Result(outcome=Outcome.NO_CWD, value=2), ExitCode.UMLROOT,
+     "cannot enter the working directory in the guest: No such file or directory"),
+    (Result(killed_by=15), 143, None),
 ])
-def test_exit_status(result: Result, status: int, tmp_path: Path) -> None:
-    assert exit_status(result, "cmd", b"/", FailureContext(tmp_path / "log"), 1.0) == status
+def test_returncode_is_the_clis_exit_status(result: Result, status: int,
+                                            message: str | None) -> None:
+    assert returncode_of(result, b"cmd") == (status, message)
 
 
-@pytest.mark.parametrize("result", [Result(), Result(boot_error="mount: EIO"),
-                                    Result(outcome=Outcome.EXITED)])
-def test_guest_failures_are_umlroot_errors(result: Result, tmp_path: Path) -> None:
+def test_guest_failures_are_umlroot_errors_with_the_log(tmp_path: Path) -> None:
     log_file = tmp_path / "log"
     log_file.write_text("line 1\nKernel panic - not syncing\n")
-    with pytest.raises(UmlrootError) as caught:
-        exit_status(result, "cmd", b"/", FailureContext(log_file), None)
-    assert caught.value.exit_code == ExitCode.UMLROOT
-    assert "Kernel panic" in (caught.value.details or "")
+    error = guest_failure("the guest crashed", FailureContext(log_file))
+    assert isinstance(error, UmlrootError)
+    assert error.exit_code == ExitCode.UMLROOT
+    assert "Kernel panic" in (error.details or "")
 
 
 def test_memory_failure_is_one_line_naming_size_and_place(tmp_path: Path) -> None:
@@ -112,9 +113,7 @@ def test_memory_failure_is_one_line_naming_size_and_place(tmp_path: Path) -> Non
     log_file = tmp_path / "log"
     log_file.write_text("Bus error - the host /dev/shm or /tmp mount likely just ran out of "
                         "space\nKernel panic - not syncing: Kernel mode signal 7\n")
-    with pytest.raises(UmlrootError) as caught:
-        exit_status(Result(), "cmd", b"/", FailureContext(log_file, "2G", str(tmp_path)), None)
-    error = caught.value
+    error = guest_failure("the guest crashed", FailureContext(log_file, "2G", str(tmp_path)))
     assert error.exit_code == ExitCode.UMLROOT and error.details is None
     assert error.message.startswith(f"the guest's memory (2G) could not be had: UML maps it "
                                     f"from a file in {tmp_path} (")
@@ -126,10 +125,9 @@ def test_seccomp_failure_is_recognised(tmp_path: Path) -> None:
     log_file = tmp_path / "log"
     log_file.write_text("Checking that seccomp filters can be installed...\n"
                         "SECCOMP userspace requested but not functional!\n")
-    assert seccomp_failed(Result(), log_file)
-    assert not seccomp_failed(Result(outcome=Outcome.EXITED), log_file)
+    assert seccomp_refused(log_file)
     log_file.write_text("Kernel panic\n")
-    assert not seccomp_failed(Result(), log_file)
+    assert not seccomp_refused(log_file)
 
 
 def test_host_tmp_when_a_scope_reaches_into_it() -> None:
@@ -165,14 +163,12 @@ def test_silent_uml_exit_is_explained_by_trying_the_memory_dir(tmp_path: Path) -
     log_file = tmp_path / "log"
     log_file.write_text("")
     missing = str(tmp_path / "missing")
-    with pytest.raises(UmlrootError) as caught:
-        exit_status(Result(boot_error="the guest stopped before it was ready"), "cmd", b"/",
-                    FailureContext(log_file, "1G", missing), None)
-    assert caught.value.message == (f"the guest's memory (1G) could not be had: UML maps it "
-                                    f"from a file in {missing}, which refuses it (No such "
-                                    "file or directory)")
+    caught = guest_failure("the guest failed to start: the guest stopped before it was ready",
+                           FailureContext(log_file, "1G", missing))
+    assert caught.message == (f"the guest's memory (1G) could not be had: UML maps it "
+                              f"from a file in {missing}, which refuses it (No such "
+                              "file or directory)")
     # A usable directory explains nothing: the generic error and the log stay.
-    with pytest.raises(UmlrootError) as generic:
-        exit_status(Result(boot_error="mount: EIO"), "cmd", b"/",
-                    FailureContext(log_file, "1G", str(tmp_path)), None)
-    assert generic.value.message == "the guest failed to start: mount: EIO"
+    generic = guest_failure("the guest failed to start: mount: EIO",
+                            FailureContext(log_file, "1G", str(tmp_path)))
+    assert generic.message == "the guest failed to start: mount: EIO"

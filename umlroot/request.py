@@ -1,7 +1,8 @@
-"""The request the host hands the guest init: what to run, and how.
+"""The requests the host hands the guest init: the machine's, and each command's.
 
-Written to `<run dir>/request` before boot; the init reads it through hostfs,
-so nothing large ever crosses the (slow, byte-at-a-time) console channel.
+The machine's is written to `<run dir>/request` before boot, each command's to
+`<run dir>/cN/request` before `r N`; the init reads them through hostfs, so
+nothing large ever crosses the (slow, byte-at-a-time) console channel.
 Format: records of `tag NUL value NUL`; argv and environment entries are C
 strings already, so any bytes but NUL pass unchanged.
 """
@@ -41,14 +42,19 @@ class DiskLink:
     name: str    # /dev/disk/by-umlroot/<name>
 
 
+def encode_records(records: Iterator[tuple[bytes, bytes]]) -> bytes:
+    out = bytearray()
+    for tag, value in records:
+        if b"\0" in value:
+            raise ValueError(f"NUL byte in request field {tag.decode()}")
+        out += tag + b"\0" + value + b"\0"
+    return bytes(out)
+
+
 @dataclass(frozen=True)
-class Request:
-    argv: Sequence[bytes]
-    env: Mapping[bytes, bytes]
-    cwd: bytes
-    umask: int
-    tty: TtyFlags
-    winsize: tuple[int, int] | None = None
+class MachineRequest:
+    """What holds for the guest's whole life: `<run dir>/request`."""
+
     tmpfs_tmp: bool = True
     persistent: bool = False
     scopes: Sequence[bytes] = ()
@@ -60,15 +66,6 @@ class Request:
     disks: Sequence[DiskLink] = field(default_factory=tuple)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
-        for arg in self.argv:
-            yield b"arg", arg
-        for key, value in self.env.items():
-            yield b"env", key + b"=" + value
-        yield b"cwd", self.cwd
-        yield b"umask", b"%o" % self.umask
-        yield b"tty", self.tty.encode().encode()
-        if self.winsize:
-            yield b"winsize", b"%d %d" % self.winsize
         yield b"tmpfs-tmp", b"1" if self.tmpfs_tmp else b"0"
         yield b"persistent", b"1" if self.persistent else b"0"
         for scope in self.scopes:
@@ -84,9 +81,33 @@ class Request:
             yield b"disk", f"{disk.device} {disk.name}".encode()
 
     def encode(self) -> bytes:
-        out = bytearray()
-        for tag, value in self.records():
-            if b"\0" in value:
-                raise ValueError(f"NUL byte in request field {tag.decode()}")
-            out += tag + b"\0" + value + b"\0"
-        return bytes(out)
+        return encode_records(self.records())
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """One command: `<run dir>/cN/request`."""
+
+    argv: Sequence[bytes]
+    env: Mapping[bytes, bytes]
+    cwd: bytes
+    umask: int
+    tty: TtyFlags
+    winsize: tuple[int, int] | None = None
+    merge_stderr: bool = False
+
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        for arg in self.argv:
+            yield b"arg", arg
+        for key, value in self.env.items():
+            yield b"env", key + b"=" + value
+        yield b"cwd", self.cwd
+        yield b"umask", b"%o" % self.umask
+        yield b"tty", self.tty.encode().encode()
+        if self.winsize:
+            yield b"winsize", b"%d %d" % self.winsize
+        if self.merge_stderr:
+            yield b"merge-stderr", b"1"
+
+    def encode(self) -> bytes:
+        return encode_records(self.records())

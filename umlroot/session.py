@@ -1,17 +1,20 @@
-"""Driving one run: the control channel, stdio relay, signals, timeout.
+"""One command's session in a running guest: stdio relay, signals, status.
 
-Data paths (see guest-init/init.c for the other side):
-- CMD's stdout/stderr: the guest init appends them to `<run dir>/out.1` and
-  `out.2` through hostfs; we tail those files (inotify wakes us) and write
-  to our own stdout/stderr. We acknowledge consumed offsets so the guest
-  never runs more than a window ahead, and punch holes behind us so a long
-  output never fills the disk.
-- Our stdin: read in chunks into `<run dir>/in.N`, announced with `i N SIZE`
+The machine (boot, control channel, shutdown) is guest.py's business; this
+module drives a single `r N` of the protocol until the guest reports EXIT
+(and, for a guest's last command, until DONE).
+
+Data paths (see guest-init/init.c for the other side), all in the command's
+directory `<run dir>/cN`:
+- CMD's stdout/stderr: the guest init appends them to `out.1` and `out.2`
+  through hostfs; we tail those files (inotify wakes us) and hand the bytes
+  to a Sink (a host fd, a buffer). We acknowledge consumed offsets so the
+  guest never runs more than a window ahead, and punch holes behind us so a
+  long output never fills the disk.
+- stdin: read from a host fd in chunks into `in.N`, announced with `i N SIZE`
   on the control channel; the guest acknowledges each chunk with `I N`.
   (A console channel moves host->guest data one byte per read(): fine for
   these notices, hopeless for bulk data.)
-- Control: pexpect waits for READY (with a timeout) during boot; afterwards
-  the lines are read in the same select loop as everything else.
 """
 
 from __future__ import annotations
@@ -19,21 +22,23 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import re
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-import pexpect
-import pexpect.fdpexpect
-
+from umlroot.channel import ControlChannel
 from umlroot.inotify import DirectoryWatch
 from umlroot.libc import libc
 from umlroot.machine import Machine
 from umlroot.terminal import window_size
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -47,6 +52,9 @@ OUTPUT_BATCH_WAIT = 0.002
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # After this many forwarded signals, stop asking: kill the guest.
 SIGNALS_BEFORE_KILL = 3
+# A command killed for its timeout (or by close()) that has not exited after
+# this long takes the guest with it.
+KILL_GRACE = 10.0
 
 
 class Outcome(enum.Enum):
@@ -59,20 +67,78 @@ class Outcome(enum.Enum):
 
 @dataclass
 class Result:
-    """What the guest reported, plus how the run ended on our side."""
+    """What the guest reported about one command, plus how it ended here."""
 
     outcome: Outcome | None = None
     value: int = 0
-    writeback: str | None = None      # the `WB ...` line, without "WB "
+    writeback: str | None = None      # the `WB ...` line (a last command only)
     done: bool = False                # init finished (DONE) before power-off
-    boot_error: str | None = None     # `ERR step: message` during boot
+    error: str | None = None          # `ERR step: message`: the init gave up
     timed_out: bool = False
     killed_by: int | None = None      # signal that made us kill the guest
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # monotonic times
 
 
-class BootFailed(Exception):
-    pass
+# -- where output goes -------------------------------------------------------------
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    @property
+    def broken(self) -> bool:
+        """The reader went away (EPIPE): the rest is dropped."""
+        ...
+
+
+class FdSink:
+    """A host fd: the user's stdout, a file, a pipe to a Popen reader."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.broken = False
+        self.abandoned = threading.Event()  # stop waiting for a stuck reader
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.broken:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                while not self.abandoned.is_set():
+                    _, ready, _ = select.select([], [self.fd], [], 0.1)
+                    if ready:
+                        break
+                else:
+                    self.broken = True
+                continue
+            except OSError as error:
+                if error.errno not in (errno.EPIPE, errno.EBADF):
+                    raise
+                # Our reader went away (or there is no such fd): drop the
+                # rest, as writes to a closed pipe would.
+                self.broken = True
+                return
+            view = view[written:]
+
+
+class BufferSink:
+    """Captured output (run(capture_output=True))."""
+
+    broken = False
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class NullSink:
+    broken = False
+
+    def write(self, data: bytes) -> None:
+        pass
 
 
 def _punch_hole(fd: int, start: int, end: int) -> None:
@@ -81,15 +147,14 @@ def _punch_hole(fd: int, start: int, end: int) -> None:
 
 
 class OutputTail:
-    """Follows one output file the guest appends to, copying it to `dest`."""
+    """Follows one output file the guest appends to, copying it to a sink."""
 
-    def __init__(self, stream: int, path: Path, dest: int) -> None:
+    def __init__(self, stream: int, path: Path, sink: Sink) -> None:
         self.stream = stream
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.dest = dest
+        self.sink = sink
         self.offset = 0
         self.acked = 0
-        self.broken = False  # our reader went away (EPIPE)
 
     def pump(self) -> int:
         """Copy whatever is new; returns the number of bytes read."""
@@ -100,25 +165,8 @@ class OutputTail:
                 return total
             self.offset += len(data)
             total += len(data)
-            if not self.broken:
-                self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self.dest, view)
-            except BlockingIOError:
-                select.select([], [self.dest], [])
-                continue
-            except OSError as error:
-                if error.errno not in (errno.EPIPE, errno.EBADF):
-                    raise
-                # Our reader went away (or there is no such fd): drop the
-                # rest, as writes to a closed pipe would.
-                self.broken = True
-                return
-            view = view[written:]
+            if not self.sink.broken:
+                self.sink.write(data)
 
     def ack_due(self) -> bool:
         return self.offset - self.acked >= ACK_EVERY
@@ -133,14 +181,14 @@ class OutputTail:
 
 
 class StdinSpool:
-    """Moves our stdin into the guest as chunk files."""
+    """Moves a host fd's data into the guest as chunk files."""
 
-    def __init__(self, run_dir: Path, fd: int = 0) -> None:
-        self.run_dir = run_dir
+    def __init__(self, io_dir: Path, fd: int | None) -> None:
+        self.io_dir = io_dir
         self.fd = fd
         self.next_chunk = 1
         self.in_flight: set[int] = set()
-        self.eof = False
+        self.eof = fd is None
         self.eof_sent = False
 
     def wants_input(self) -> bool:
@@ -149,6 +197,7 @@ class StdinSpool:
     def read_chunk(self) -> str | None:
         """Read what is available (at least one read, which select said will
         not block); returns the control line announcing it, if any."""
+        assert self.fd is not None
         data = bytearray()
         while len(data) < STDIN_CHUNK:
             try:
@@ -174,7 +223,7 @@ class StdinSpool:
             return None
         number = self.next_chunk
         self.next_chunk += 1
-        (self.run_dir / f"in.{number}").write_bytes(data)
+        (self.io_dir / f"in.{number}").write_bytes(data)
         self.in_flight.add(number)
         return f"i {number} {len(data)}"
 
@@ -182,200 +231,189 @@ class StdinSpool:
         self.in_flight.discard(number)
 
 
-def _group(match: object) -> str:
-    """Group 1 of a pexpect match on a bytes stream, as text."""
-    assert isinstance(match, re.Match)
-    return bytes(match.group(1)).decode(errors="replace")
+# -- signals -----------------------------------------------------------------------
 
 
-class ControlChannel:
-    """The host ends of the guest's /dev/tty1."""
+class SignalForwarder:
+    """While installed (main thread only), SIGINT/SIGTERM/SIGHUP/SIGQUIT and
+    SIGWINCH are queued for the command instead of acting on this process,
+    as `umlroot run` does."""
 
-    def __init__(self, from_guest: int, to_guest: int) -> None:
-        self.from_guest = from_guest
-        self.to_guest = to_guest
-        self._partial = b""
-        self.closed = False
-
-    def send(self, line: str) -> None:
-        try:
-            os.write(self.to_guest, line.encode() + b"\n")
-        except BrokenPipeError:
-            self.closed = True
-
-    def wait_ready(self, timeout: float) -> str:
-        """Wait for READY (returns its arguments) with pexpect; raises
-        BootFailed with the init's own error, or on EOF/timeout."""
-        child = pexpect.fdpexpect.fdspawn(self.from_guest, timeout=timeout)
-        index = child.expect([rb"READY([^\n]*)\r?\n", rb"ERR ([^\n]*)\n", pexpect.EOF, pexpect.TIMEOUT])
-        if index == 0:
-            # Anything the guest sent after READY stays for the main loop.
-            leftover = child.buffer
-            self._partial = leftover if isinstance(leftover, bytes) else b""
-            return _group(child.match).strip()
-        if index == 1:
-            raise BootFailed(_group(child.match).strip())
-        if index == 2:
-            raise BootFailed("the guest stopped before it was ready")
-        raise BootFailed(f"the guest was not ready within {timeout:g} s")
-
-    def read_lines(self) -> list[str]:
-        try:
-            data = os.read(self.from_guest, 65536)
-        except BlockingIOError:
-            return []
-        if not data:
-            self.closed = True
-        self._partial += data
-        return self.pending_lines()
-
-    def pending_lines(self) -> list[str]:
-        """Complete lines already buffered (e.g. received along with READY)."""
-        *lines, self._partial = self._partial.split(b"\n")
-        return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    run_dir: Path
-    interactive: bool
-    pty_to_stdout: bool
-    boot_timeout: float = 60.0
-    timeout: float | None = None
-    # Called once the guest is READY. The runner unlinks the throwaway
-    # scratch disk there: the guest has it mounted (UML holds it open), and a
-    # run killed outright then leaves no scratch data behind on the host.
-    on_ready: Callable[[], None] | None = None
-
-
-class Session:
-    """Runs the protocol against a started Machine until the guest is done."""
-
-    def __init__(self, config: SessionConfig, machine: Machine, channel: ControlChannel,
-                 started: float) -> None:
-        self.config = config
-        self.machine = machine
-        self.channel = channel
-        self.started = started
-        self.result = Result()
-        self.outputs = [
-            OutputTail(1, config.run_dir / "out.1", 1),
-            OutputTail(2, config.run_dir / "out.2", 2),
-        ]
-        self.stdin = StdinSpool(config.run_dir)
-        self.watch = DirectoryWatch(str(config.run_dir))
-        self._signals: list[int] = []
-        self._forwarded = 0
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.sigpipe_sent = False
-
-    # -- signals --------------------------------------------------------------
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._restore: Callable[[], None] | None = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signals.append(signum)
+        self.pending.append(signum)
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED_SIGNALS}
-        previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, self._on_signal)
-        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+    def __enter__(self) -> Self:
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (*FORWARDED_SIGNALS, signal.SIGWINCH)}
+        old_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
 
         def restore() -> None:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-        return restore
+        self._restore = restore
+        return self
 
-    def _deliver_signals(self) -> None:
+    def __exit__(self, *_exc: object) -> None:
+        if self._restore is not None:
+            self._restore()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def take(self) -> list[int]:
         try:
-            while os.read(self._wake_r, 512):
+            while os.read(self.wake_r, 512):
                 pass
         except BlockingIOError:
             pass
-        while self._signals:
-            signum = self._signals.pop(0)
+        taken, self.pending[:] = list(self.pending), []
+        return taken
+
+
+# -- the session ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandIO:
+    stdin: int | None  # host fd the command's stdin comes from; None: empty
+    stdout: Sink
+    stderr: Sink
+    interactive: bool = False  # stdin and stdout are the host terminal
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    deadline: float | None = None  # time.monotonic() value
+    # On the deadline: kill the guest (a one-shot run: nothing is written
+    # back), or only the command (a persistent guest lives on).
+    deadline_kills_guest: bool = False
+
+
+class CommandSession:
+    """Runs one command of the protocol against a started guest."""
+
+    def __init__(self, machine: Machine, channel: ControlChannel, io_dir: Path, number: int,
+                 io: CommandIO, *, last: bool = False, limits: SessionLimits = SessionLimits(),
+                 signals: SignalForwarder | None = None) -> None:
+        self.machine = machine
+        self.channel = channel
+        self.io_dir = io_dir
+        self.number = number
+        self.io = io
+        self.last = last
+        self.limits = limits
+        self.signals = signals
+        self.result = Result()
+        self.outputs = [OutputTail(1, io_dir / "out.1", io.stdout),
+                        OutputTail(2, io_dir / "out.2", io.stderr)]
+        self.stdin = StdinSpool(io_dir, io.stdin)
+        self.watch = DirectoryWatch(str(io_dir))
+        self._forwarded = 0
+        self._kill_sent_at: float | None = None
+        self._stop = threading.Event()  # close(): kill the command
+        self.sigpipe_sent = False
+
+    def start(self) -> None:
+        self.channel.send(f"r {self.number}" + (" last" if self.last else ""))
+        if self.stdin.eof:
+            self.channel.send("e")
+            self.stdin.eof_sent = True
+
+    def stop(self) -> None:
+        """From another thread: kill the command (SIGKILL to its group)."""
+        self._stop.set()
+        for tail in self.outputs:
+            if isinstance(tail.sink, FdSink):
+                tail.sink.abandoned.set()
+
+    def _kill_command(self) -> None:
+        if self._kill_sent_at is None and self.result.outcome is None:
+            self.channel.send(f"k {int(signal.SIGKILL)}")
+            self._kill_sent_at = time.monotonic()
+
+    # -- signals --------------------------------------------------------------
+
+    def _deliver_signals(self) -> None:
+        assert self.signals is not None
+        for signum in self.signals.take():
             if signum == signal.SIGWINCH:
                 size = window_size(1)
-                if size and self.config.interactive:
+                if size and self.io.interactive:
                     self.channel.send(f"w {size[0]} {size[1]}")
                 continue
-            if self.result.outcome is not None:
-                # CMD is gone; writeback is running. Let it finish unless
-                # the user insists.
-                self._forwarded += 1
-            else:
+            if self.result.outcome is None:
                 self.channel.send(f"k {signum}")
-                self._forwarded += 1
+            # Else CMD is gone and writeback runs: let it finish unless the
+            # user insists.
+            self._forwarded += 1
             if self._forwarded >= SIGNALS_BEFORE_KILL:
                 self.result.killed_by = signum
                 self.machine.kill()
 
-    # -- main loop --------------------------------------------------------------
+    # -- main loop ------------------------------------------------------------
 
-    def mark(self, phase: str) -> None:
-        self.result.phases[phase] = time.monotonic() - self.started
+    def _finished(self) -> bool:
+        return self.result.done if self.last else self.result.outcome is not None
 
-    def run(self) -> Result:
-        restore = self._install_signal_handlers()
+    def _wait_time(self) -> float:
+        """Seconds until the next deadline (at most 0.2: stop() is polled);
+        <= 0: it passed."""
+        now = time.monotonic()
+        times = [now + 0.2]
+        if self.limits.deadline is not None and not self.result.timed_out:
+            times.append(self.limits.deadline)
+        if self._kill_sent_at is not None:
+            times.append(self._kill_sent_at + KILL_GRACE)
+        return min(times) - now
+
+    def _on_deadline(self) -> bool:
+        """Handle passed deadlines; True when the guest is gone."""
+        now = time.monotonic()
+        if self._kill_sent_at is not None and now >= self._kill_sent_at + KILL_GRACE:
+            self.machine.kill()  # the command would not die
+            return True
+        deadline = self.limits.deadline
+        if deadline is not None and now >= deadline and not self.result.timed_out:
+            self.result.timed_out = True
+            if self.limits.deadline_kills_guest:
+                self.machine.kill()
+                return True
+            self._kill_command()
+        return False
+
+    def relay(self) -> Result:
         try:
-            self._boot()
-            if self.result.boot_error is None and self.result.killed_by is None:
-                self._relay()
+            self._relay()
         finally:
-            restore()
             self._finish_output()
         return self.result
 
-    def _boot(self) -> None:
-        deadline = self._deadline()
-        timeout = self.config.boot_timeout
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-        try:
-            ready_info = self.channel.wait_ready(timeout)
-        except BootFailed as error:
-            if self._signals:
-                self.result.killed_by = self._signals[0]
-            elif deadline is not None and time.monotonic() >= deadline:
-                self.result.timed_out = True
-            else:
-                self.result.boot_error = str(error)
-            self.machine.kill()
-            return
-        self.mark("ready")
-        if self.config.on_ready is not None:
-            self.config.on_ready()
-        times = ready_info.split()
-        if len(times) == 2:
-            # Guest uptime (ms) when init started and when it was ready.
-            self.result.phases["guest_init_at"] = int(times[0]) / 1000
-            self.result.phases["guest_ready_at"] = int(times[1]) / 1000
-        for line in self.channel.pending_lines():
-            self._handle_line(line)
-
-    def _deadline(self) -> float | None:
-        if self.config.timeout is None:
-            return None
-        return self.started + self.config.timeout
-
     def _relay(self) -> None:
-        deadline = self._deadline()
         stdin_open = True
-        while not self.result.done:
+        while not self._finished():
             if self.channel.closed:
                 break
-            readers: list[int] = [self.channel.from_guest, self.watch.fileno(), self._wake_r]
+            if self._stop.is_set():
+                self._kill_command()
+            readers: list[int] = [self.channel.from_guest, self.watch.fileno()]
+            if self.signals is not None:
+                readers.append(self.signals.wake_r)
             if stdin_open and self.result.outcome is None and self.stdin.wants_input():
+                assert self.stdin.fd is not None
                 readers.append(self.stdin.fd)
-            timeout = 1.0
-            if deadline is not None:
-                timeout = min(timeout, deadline - time.monotonic())
-                if timeout <= 0:
-                    self.result.timed_out = True
-                    self.machine.kill()
+            timeout = self._wait_time()
+            if timeout <= 0:
+                if self._on_deadline():
                     return
+                continue
             ready, _, _ = select.select(readers, [], [], timeout)
-            if self._wake_r in ready or self._signals:
+            if self.signals is not None and (self.signals.wake_r in ready or self.signals.pending):
                 self._deliver_signals()
                 if self.result.killed_by is not None:
                     return
@@ -386,7 +424,7 @@ class Session:
                 time.sleep(OUTPUT_BATCH_WAIT)
                 self.watch.drain()
             self._pump_outputs()
-            if self.stdin.fd in ready:
+            if self.stdin.fd is not None and self.stdin.fd in ready:
                 line = self.stdin.read_chunk()
                 if line:
                     self.channel.send(line)
@@ -397,7 +435,7 @@ class Session:
             if self.channel.from_guest in ready:
                 for line in self.channel.read_lines():
                     self._handle_line(line)
-            if not self.machine.alive() and not self.result.done:
+            if not self.machine.alive() and not self._finished():
                 # Drain what the guest managed to say before it died.
                 for line in self.channel.read_lines():
                     self._handle_line(line)
@@ -406,13 +444,16 @@ class Session:
     def _pump_outputs(self) -> None:
         for tail in self.outputs:
             tail.pump()
-            if tail.broken and tail.stream == 1 and not self.sigpipe_sent:
+            if tail.sink.broken and tail.stream == 1 and not self.sigpipe_sent:
                 # Our reader is gone: CMD gets SIGPIPE, as it would on the host.
                 self.sigpipe_sent = True
                 if self.result.outcome is None:
                     self.channel.send(f"k {int(signal.SIGPIPE)}")
             if tail.ack_due():
                 self.channel.send(tail.acknowledge())
+
+    def _mark(self, phase: str) -> None:
+        self.result.phases[phase] = time.monotonic()
 
     def _handle_line(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
@@ -422,14 +463,14 @@ class Session:
             name, _, value = rest.partition(" ")
             self.result.outcome = Outcome(name)
             self.result.value = int(value or 0)
-            self.mark("command")
+            self._mark("command")
         elif kind == "WB":
             self.result.writeback = rest
         elif kind == "DONE":
             self.result.done = True
-            self.mark("writeback")
+            self._mark("writeback")
         elif kind == "ERR":
-            self.result.boot_error = rest
+            self.result.error = rest
 
     def _finish_output(self) -> None:
         """Copy the last bytes the guest wrote (all written before EXIT)."""
@@ -439,5 +480,3 @@ class Session:
             finally:
                 tail.close()
         self.watch.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)

@@ -170,9 +170,9 @@ def summary_lines(report: WritebackReport, *, verbose: bool) -> list[str]:
     return lines
 
 
-def report_writeback(line: str | None, *, verbose: bool, run_dir: Path) -> None:
-    """Print the one-line summary of the guest's `WB ...` report on stderr."""
-    if line is None or line.strip() == "none":
+def print_report(report: WritebackReport | None, *, verbose: bool) -> None:
+    """Print the one-line summary of what the guest wrote back on stderr."""
+    if report is None:
         return
-    for text in summary_lines(load(line, run_dir), verbose=verbose):
+    for text in summary_lines(report, verbose=verbose):
         log.say(text)

@@ -1,0 +1,560 @@
+"""`umlroot.Guest`: one booted guest, many commands.
+
+The machine's lifetime lives here: kernel and init, run directory, scratch
+disk or --state file, --disk files, the UML process and its control
+channel, boot (with the ptrace fallback), writeback and shutdown. One
+command's session (stdio, signals, status) is session.py's; the public
+calls that shape a command like subprocess's are process.py's.
+
+Every resource of a guest sits on one ExitStack, which a weakref finalizer
+also closes: an exception, KeyboardInterrupt, garbage collection or the end
+of the interpreter kill UML and remove the run directory; if this process
+is killed outright, UML dies with it (PDEATHSIG) and the next run sweeps
+the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import select
+import shutil
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from umlroot import guestmem, log
+from umlroot.channel import BootFailed, ControlChannel
+from umlroot.diagnose import FailureContext, guest_failure, seccomp_refused
+from umlroot.disks import DiskSpec, attach_disks, validate_disks
+from umlroot.errors import (
+    ExitCode,
+    GuestBusyError,
+    GuestClosedError,
+    UmlrootError,
+)
+from umlroot.guestinit import build_guest_init
+from umlroot.machine import (
+    ChannelFds,
+    Machine,
+    MachineSpec,
+    UbdDisk,
+    raise_nofile_limit,
+)
+from umlroot.request import CommandRequest, MachineRequest, TtyFlags
+from umlroot.rundir import run_directory
+from umlroot.scratch import create_scratch
+from umlroot.session import (
+    CommandIO,
+    CommandSession,
+    Result,
+    SessionLimits,
+    SignalForwarder,
+)
+from umlroot.state import open_state
+from umlroot.writeback import WritebackReport
+from umlroot.writeback import load as load_report
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from umlroot.kernel.select import KernelChoice
+    from umlroot.process import Arg, CompletedProcess, Env, File, Popen
+
+BOOT_TIMEOUT = 60.0
+_SBIN_DIRS = (b"/usr/local/sbin", b"/usr/sbin", b"/sbin")
+DISK_DIR = "/dev/disk/by-umlroot"
+
+
+@dataclass(frozen=True)
+class GuestOptions:
+    """The options of `umlroot run` that belong to the machine."""
+
+    mem: str = "1G"
+    # One guest CPU by default: in UML's seccomp mode the threads of one
+    # process take turns in its stub, so a second CPU only helps separate
+    # processes (make -j), and costs threaded ones (docs/kernel.md, issue 9).
+    cpus: int = 1
+    kernel: Path | None = None
+    cwd: Path | None = None  # None: the current directory
+    writable: Sequence[Path] = ()
+    writeback: bool = True
+    state: Path | None = None
+    state_wait: bool = True
+    disks: Sequence[str] = field(default_factory=tuple)
+    keep_scratch: bool = False
+    verbose: bool = False
+
+
+# -- pure helpers (unit-tested) ---------------------------------------------------------
+
+
+def _is_under(path: bytes, top: bytes) -> bool:
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")
+
+
+def writeback_scopes(writeback: bool, writable: Sequence[Path], cwd: bytes) -> list[bytes]:
+    if not writeback:
+        return []
+    scopes = [cwd]
+    for extra in writable:
+        resolved = os.path.realpath(os.fsencode(extra))
+        if not os.path.isdir(resolved):
+            raise UmlrootError(f"--writable {extra}: not a directory",
+                               exit_code=ExitCode.UMLROOT)
+        scopes.append(resolved)
+    # A scope inside another adds nothing.
+    unique: list[bytes] = []
+    for scope in sorted(set(scopes), key=len):
+        if not any(_is_under(scope, kept) for kept in unique):
+            unique.append(scope)
+    return unique
+
+
+def root_path(path: bytes) -> bytes:
+    """The host's PATH, plus the sbin directories a root shell has (mkfs.*,
+    sfdisk, losetup live there; Debian leaves them off users' PATH)."""
+    entries = path.split(b":")
+    missing = [d for d in _SBIN_DIRS if d not in entries]
+    return b":".join([*entries, *missing]) if missing else path
+
+
+def current_directory() -> bytes:
+    """The working directory commands start in; a one-line error if it is gone."""
+    try:
+        return os.fsencode(os.getcwd())
+    except FileNotFoundError:
+        raise UmlrootError("the current directory no longer exists (deleted)",
+                           hint="cd to a directory that exists and rerun") from None
+
+
+def resolve_cwd(cwd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> bytes:
+    if cwd is None:
+        return current_directory()
+    resolved = os.path.realpath(os.fsencode(cwd))
+    if not os.path.isdir(resolved):
+        raise UmlrootError(f"cwd {os.fsdecode(cwd)}: not a directory")
+    return resolved
+
+
+def needs_host_tmp(cwd: bytes, scopes: Sequence[bytes]) -> bool:
+    """/tmp is the host's (under the overlay) when commands work there or a
+    writeback scope reaches into it (scope `/`, as `umlroot fakeroot` has),
+    else a fresh tmpfs."""
+    return _is_under(cwd, b"/tmp") or any(
+        _is_under(scope, b"/tmp") or _is_under(b"/tmp", scope) for scope in scopes)
+
+
+def command_env(env: Mapping[bytes, bytes], extra: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """A command's environment: the given one, plus what every command sees
+    inside (README, "What a command sees inside")."""
+    out = dict(env)
+    out.update(extra)
+    out[b"UMLROOT"] = b"1"
+    out[b"PATH"] = root_path(out.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin"))
+    return out
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_machine(spec: MachineSpec, log_file: Path) -> Iterator[tuple[Machine, ControlChannel]]:
+    """Start UML with a fresh control channel; kill it (whatever happened) on exit."""
+    guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
+    host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
+    try:
+        machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
+    except BaseException:
+        for fd in (host_reads, host_writes):
+            os.close(fd)
+        raise
+    finally:
+        # The guest's ends live on in UML only: when UML exits, we see EOF.
+        os.close(guest_reads)
+        os.close(guest_writes)
+    try:
+        yield machine, ControlChannel(host_reads, host_writes)
+    finally:
+        machine.kill()
+        os.close(host_reads)
+        os.close(host_writes)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command, as the public calls resolved it."""
+
+    argv: Sequence[bytes]
+    io: CommandIO
+    cwd: bytes | None = None
+    env: Mapping[bytes, bytes] | None = None
+    merge_stderr: bool = False
+    tty: TtyFlags = field(default_factory=lambda: TtyFlags(False, False, False))
+    winsize: tuple[int, int] | None = None
+
+
+class Guest:
+    """A booted guest that runs many commands, one at a time.
+
+    `with Guest(...) as guest:` boots, `guest.run(...)`/`guest.popen(...)`
+    run commands as root, the end of the block writes back (or, if the block
+    raised, kills the guest and writes nothing back). Keyword arguments are
+    `umlroot run`'s options; see docs/api.md.
+    """
+
+    def __init__(self, *, mem: str = "1G", cpus: int = 1,
+                 kernel: str | os.PathLike[str] | None = None,
+                 cwd: str | os.PathLike[str] | None = None,
+                 writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
+                 state: str | os.PathLike[str] | None = None, state_wait: bool = True,
+                 disks: Sequence[str | os.PathLike[str]] = (), keep_scratch: bool = False,
+                 verbose: bool = False) -> None:
+        options = GuestOptions(
+            mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
+            cwd=Path(cwd) if cwd is not None else None,
+            writable=tuple(Path(p) for p in writable), writeback=writeback,
+            state=Path(state) if state is not None else None, state_wait=state_wait,
+            disks=tuple(os.fspath(d) for d in disks), keep_scratch=keep_scratch,
+            verbose=verbose)
+        self._start(options, deadline=None)
+
+    @classmethod
+    def _boot(cls, options: GuestOptions, deadline: float | None) -> Guest:
+        """A guest whose boot counts against `deadline` (one-shot run())."""
+        guest = cls.__new__(cls)
+        guest._start(options, deadline)
+        return guest
+
+    # -- boot -------------------------------------------------------------------------
+
+    def _start(self, options: GuestOptions, deadline: float | None) -> None:
+        from umlroot.kernel.select import find_kernel
+
+        self.options = options
+        self._lock = threading.Lock()
+        self._busy: CommandSession | None = None
+        self._busy_thread: threading.Thread | None = None  # a Popen's relay
+        self._next_command = 1
+        self._closed = False
+        self._dead: str | None = None  # why the guest is gone
+        self._final_report: WritebackReport | None = None
+        self.cwd = resolve_cwd(options.cwd)
+        disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
+        kernel = find_kernel(options.kernel)
+        init = build_guest_init()
+        cpus = options.cpus
+        if cpus > 1 and not kernel.smp:
+            log.warn(f"{kernel.path} has no SMP support; using 1 CPU")
+            cpus = 1
+        raise_nofile_limit()
+        scopes = writeback_scopes(options.writeback, options.writable, self.cwd)
+        self._started = time.monotonic()
+        self.phases: dict[str, float] = {}
+        stack = contextlib.ExitStack()
+        # Closed at garbage collection or interpreter exit if nobody closed it.
+        self._finalizer = weakref.finalize(self, stack.close)
+        self._stack = stack
+        try:
+            self._set_up(options, deadline, scopes, disk_specs, kernel, init, cpus)
+        except BaseException:
+            # Unwind with the exception, so open_state can explain a state
+            # file the guest could not mount.
+            self._finalizer.detach()
+            if not stack.__exit__(*sys.exc_info()):
+                raise
+
+    def _set_up(self, options: GuestOptions, deadline: float | None, scopes: list[bytes],
+                disk_specs: Sequence[DiskSpec], kernel: KernelChoice, init: Path,
+                cpus: int) -> None:
+        stack = self._stack
+        self.run_dir = stack.enter_context(run_directory(options.keep_scratch))
+        self.log_file = self.run_dir / "console.log"
+        if options.state is not None:
+            scratch = stack.enter_context(open_state(options.state, wait=options.state_wait))
+        else:
+            scratch = self.run_dir / "scratch.img"
+            create_scratch(scratch)
+        self.phases["scratch"] = time.monotonic() - self._started
+        attached = attach_disks(disk_specs, self.run_dir)
+        self._disk_env = attached.env
+        self.disks: dict[str, str] = {link.name: f"{DISK_DIR}/{link.name}"
+                                      for link in attached.links}
+        request = MachineRequest(
+            tmpfs_tmp=not needs_host_tmp(self.cwd, scopes),
+            persistent=options.state is not None, scopes=scopes, start_ns=time.time_ns(),
+            host_uid=os.getuid(), host_gid=os.getgid(), verbose=options.verbose,
+            disks=attached.links, hostname=os.fsencode(socket.gethostname()))
+        (self.run_dir / "request").write_bytes(request.encode())
+        spec = MachineSpec(kernel=kernel.path, init=init, run_dir=self.run_dir,
+                           disks=[UbdDisk(scratch), *attached.ubd], mem=options.mem,
+                           cpus=cpus, quiet=not options.verbose, extra=kernel.boot_args)
+        memory_dir = None if guestmem.backing(kernel.patches) is guestmem.Backing.MEMFD \
+            else str(guestmem.search_dir())
+        self._failure = FailureContext(self.log_file, options.mem, memory_dir)
+        self._start_machine(spec, deadline)
+        if options.state is None and not options.keep_scratch:
+            # The guest has the throwaway scratch disk open: a guest
+            # killed outright then leaves no scratch data on the host.
+            scratch.unlink(missing_ok=True)
+
+    def _start_machine(self, spec: MachineSpec, deadline: float | None) -> None:
+        timeout = BOOT_TIMEOUT
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        machine_cm = running_machine(spec, self.log_file)
+        self.machine, self.channel = self._stack.enter_context(machine_cm)
+        try:
+            ready = self.channel.wait_ready(timeout)
+        except BootFailed as error:
+            self.machine.kill()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _BootTimeout from None
+            if spec.seccomp and seccomp_refused(self.log_file):
+                log.warn("seccomp mode is not available here; using ptrace mode (slower, 1 CPU)")
+                return self._start_machine(dataclasses.replace(spec, seccomp=False, cpus=1),
+                                           deadline)
+            raise guest_failure(f"the guest failed to start: {error}", self._failure,
+                                hint="full kernel log: rerun with --keep-scratch or --verbose") \
+                from None
+        self.phases["ready"] = time.monotonic() - self._started
+        times = ready.split()
+        if len(times) == 2:
+            # Guest uptime (ms) when init started and when it was ready.
+            self.phases["guest_init_at"] = int(times[0]) / 1000
+            self.phases["guest_ready_at"] = int(times[1]) / 1000
+        return None
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """The guest runs and takes commands."""
+        return not self._closed and self._dead is None and self.machine.alive()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise GuestClosedError("the guest is closed")
+        if self._dead is not None:
+            raise GuestClosedError(f"the guest is gone: {self._dead}")
+        if not self.machine.alive():
+            self._dead = "its UML process died"
+            raise guest_failure("the guest died while no command ran; nothing was "
+                                "written back", self._failure)
+        if self._busy is not None:
+            raise GuestBusyError("the guest is still running a command; a Guest runs one "
+                                 "at a time (wait() for its Popen first)")
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _begin(self, spec: CommandSpec, *, last: bool, limits: SessionLimits,
+               signals: SignalForwarder | None) -> CommandSession:
+        with self._lock:
+            self._check_usable()
+            number = self._next_command
+            self._next_command += 1
+            io_dir = self.run_dir / f"c{number}"
+            io_dir.mkdir()
+            for name in ("out.1", "out.2"):
+                (io_dir / name).touch()
+            request = CommandRequest(
+                argv=spec.argv, cwd=spec.cwd if spec.cwd is not None else self.cwd,
+                env=command_env(spec.env if spec.env is not None else os.environb,
+                                self._disk_env),
+                umask=current_umask(), tty=spec.tty, winsize=spec.winsize,
+                merge_stderr=spec.merge_stderr)
+            (io_dir / "request").write_bytes(request.encode())
+            session = CommandSession(self.machine, self.channel, io_dir, number, spec.io,
+                                     last=last, limits=limits, signals=signals)
+            session.start()
+            self._busy = session
+            return session
+
+    def _end(self, session: CommandSession, result: Result) -> None:
+        """After a command: tidy up, and raise if the guest is gone."""
+        with self._lock:
+            self._busy = None
+            self._busy_thread = None
+            if not self.options.keep_scratch:
+                shutil.rmtree(session.io_dir, ignore_errors=True)
+            for name, at in result.phases.items():
+                self.phases[name] = at - self._started
+            if result.killed_by is not None:
+                self._dead = "it was killed after repeated signals"
+                return
+            if result.timed_out and session.limits.deadline_kills_guest:
+                self._dead = "stopped at its timeout"
+                return
+            if result.error is not None:
+                self._dead = result.error
+                raise guest_failure(f"the guest failed: {result.error}", self._failure)
+            if result.outcome is None:
+                self._dead = "it crashed"
+                raise guest_failure("the guest crashed while running the command",
+                                    self._failure)
+            if session.last:
+                if not result.done:
+                    self._dead = "it crashed"
+                    raise guest_failure("the guest crashed after the command finished "
+                                        "(during writeback)", self._failure)
+                self._final_report = self._report(result.writeback)
+                self._shut_down()
+
+    def _interrupted(self, session: CommandSession) -> None:
+        """Our side of a command failed (KeyboardInterrupt, an error while
+        relaying): the guest's state is unknown, so it is killed."""
+        with self._lock:
+            if self._busy is session:
+                self._busy = None
+                self._busy_thread = None
+            self._dead = "interrupted while a command ran"
+        self.kill()
+
+    def run(self, args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = None,
+            stdout: File = None, stderr: File = None, capture_output: bool = False,
+            cwd: Arg | None = None, env: Env | None = None, timeout: float | None = None,
+            check: bool = False, forward_signals: bool = False) -> CompletedProcess:
+        """Run a command as root and wait for it, like subprocess.run. On
+        `timeout` the command (its process group, then whatever it left) is
+        killed and TimeoutExpired raised; the guest lives on."""
+        from umlroot.process import maybe_forward, run_in
+
+        with maybe_forward(forward_signals) as signals:
+            return run_in(self, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
+                          capture_output=capture_output, cwd=cwd, env=env, timeout=timeout,
+                          check=check, signals=signals)
+
+    def popen(self, args: Arg | Sequence[Arg], *, stdin: File = None, stdout: File = None,
+              stderr: File = None, cwd: Arg | None = None, env: Env | None = None) -> Popen:
+        """Start a command and return at once, like subprocess.Popen."""
+        from umlroot.process import Popen
+
+        return Popen(self, args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+
+    # -- writeback and the end --------------------------------------------------------------
+
+    def _report(self, line: str | None) -> WritebackReport | None:
+        if line is None or line.strip() == "none":
+            return None
+        return load_report(line, self.run_dir)
+
+    def _await(self, final: str, what: str) -> dict[str, str]:
+        """Read control lines until `final`; returns the last line of each kind."""
+        seen: dict[str, str] = {}
+        while final not in seen:
+            if not self.machine.alive() or self.channel.closed:
+                for line in self.channel.read_lines():
+                    kind, _, rest = line.partition(" ")
+                    seen[kind] = rest
+                if final in seen:
+                    break
+                self._dead = f"it crashed during {what}"
+                raise guest_failure(f"the guest crashed during {what}", self._failure)
+            ready, _, _ = select.select([self.channel.from_guest], [], [], 0.5)
+            if ready:
+                for line in self.channel.read_lines():
+                    kind, _, rest = line.partition(" ")
+                    seen[kind] = rest
+        return seen
+
+    def writeback(self) -> WritebackReport | None:
+        """Write back now what changed under the writeback scope; None when
+        there is no scope (writeback=False). Host files changed after the
+        guest started (or after the last writeback) are conflicts, not
+        overwritten. close() writes back again, whatever changed since."""
+        with self._lock:
+            self._check_usable()
+            self.channel.send("W")
+            seen = self._await("WBDONE", "writeback")
+            return self._report(seen.get("WB"))
+
+    def close(self) -> WritebackReport | None:
+        """Write back, power off, remove everything. A command still running
+        (a Popen) is killed first, as a signal would. Returns what was
+        written back (None: no writeback scope). Safe to call again."""
+        if self._closed:
+            return self._final_report
+        busy, thread = self._busy, self._busy_thread
+        if busy is not None:
+            busy.stop()
+        if thread is not None:
+            thread.join()
+        if self._dead is not None or self._closed:
+            self.kill()
+            return self._final_report
+        try:
+            with self._lock:
+                self._check_usable()
+                self.channel.send("q 1")
+                seen = self._await("DONE", "writeback")
+                self.phases["writeback"] = time.monotonic() - self._started
+                self._final_report = self._report(seen.get("WB"))
+        except BaseException:
+            self.kill()
+            raise
+        self._shut_down()
+        return self._final_report
+
+    def _shut_down(self) -> None:
+        # The init has synced every filesystem (UBD and hostfs writes are
+        # host writes by then): nothing is lost by not waiting for UML's own
+        # shutdown, which takes 100-200 ms of timer ticks.
+        self.machine.kill()
+        self.phases["exited"] = time.monotonic() - self._started
+        if self.options.verbose:
+            sys.stderr.write(self.log_file.read_text(errors="replace"))
+            _show_phases(self.phases)
+        self._closed = True
+        self._finalizer()
+
+    def kill(self) -> None:
+        """Stop the guest at once; nothing is written back. Safe to call again."""
+        if self._busy is not None:
+            self._busy.stop()
+        self.machine.kill()
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.kill()
+
+
+class _BootTimeout(Exception):
+    """The one-shot run's deadline passed during boot."""
+
+
+def _show_phases(phases: Mapping[str, float]) -> None:
+    """verbose: where the time went, so slow phases are visible."""
+    scratch_s = phases.get("scratch", 0.0)
+    parts = [f"scratch {scratch_s * 1000:.0f} ms"]
+    if "ready" in phases:
+        boot = phases["ready"] - scratch_s
+        init_to_ready = phases.get("guest_ready_at", 0.0) - phases.get("guest_init_at", 0.0)
+        parts.append(f"UML start to init {(boot - init_to_ready) * 1000:.0f} ms")
+        parts.append(f"init to READY {init_to_ready * 1000:.0f} ms")
+    previous = phases.get("ready", scratch_s)
+    for name, label in (("command", "command"), ("writeback", "writeback"),
+                        ("exited", "shutdown")):
+        if name in phases:
+            parts.append(f"{label} {(phases[name] - previous) * 1000:.0f} ms")
+            previous = phases[name]
+    log.say("timing: " + ", ".join(parts))
