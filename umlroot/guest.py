@@ -41,6 +41,7 @@ from umlroot.errors import (
     UmlrootError,
 )
 from umlroot.guestinit import build_guest_init
+from umlroot.inotify import DirectoryWatch
 from umlroot.machine import (
     ChannelFds,
     Machine,
@@ -305,6 +306,8 @@ class Guest:
         memory_dir = None if guestmem.backing(kernel.patches) is guestmem.Backing.MEMFD \
             else str(guestmem.search_dir())
         self._failure = FailureContext(self.log_file, options.mem, memory_dir)
+        self._watch = DirectoryWatch()
+        stack.callback(self._watch.close)
         self._start_machine(spec, deadline)
         if options.state is None and not options.keep_scratch:
             # The guest has the throwaway scratch disk open: a guest
@@ -377,8 +380,8 @@ class Guest:
                 umask=current_umask(), tty=spec.tty, winsize=spec.winsize,
                 merge_stderr=spec.merge_stderr)
             (io_dir / "request").write_bytes(request.encode())
-            session = CommandSession(self.machine, self.channel, io_dir, number, spec.io,
-                                     last=last, limits=limits, signals=signals)
+            session = CommandSession(self.machine, self.channel, self._watch, io_dir, number,
+                                     spec.io, last=last, limits=limits, signals=signals)
             session.start()
             self._busy = session
             return session

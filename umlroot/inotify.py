@@ -13,16 +13,19 @@ IN_NONBLOCK = 0o4000
 
 
 class DirectoryWatch:
-    """Becomes readable (fileno) when a file in `path` is modified."""
+    """Becomes readable (fileno) when a file in a watched directory is modified.
 
-    def __init__(self, path: str) -> None:
+    One per guest, not per command: closing an inotify instance waits for an
+    RCU grace period (2-3 ms here, most of a short command's cost); a watch
+    on a directory that is removed goes away by itself.
+    """
+
+    def __init__(self) -> None:
         self._fd = checked(libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK), "inotify_init1")
-        try:
-            checked(libc.inotify_add_watch(self._fd, os.fsencode(path), IN_MODIFY),
-                    "inotify_add_watch", path)
-        except OSError:
-            os.close(self._fd)
-            raise
+
+    def add(self, path: str) -> None:
+        checked(libc.inotify_add_watch(self._fd, os.fsencode(path), IN_MODIFY),
+                "inotify_add_watch", path)
 
     def fileno(self) -> int:
         return self._fd

@@ -298,8 +298,9 @@ class SessionLimits:
 class CommandSession:
     """Runs one command of the protocol against a started guest."""
 
-    def __init__(self, machine: Machine, channel: ControlChannel, io_dir: Path, number: int,
-                 io: CommandIO, *, last: bool = False, limits: SessionLimits = SessionLimits(),
+    def __init__(self, machine: Machine, channel: ControlChannel, watch: DirectoryWatch,
+                 io_dir: Path, number: int, io: CommandIO, *, last: bool = False,
+                 limits: SessionLimits = SessionLimits(),
                  signals: SignalForwarder | None = None) -> None:
         self.machine = machine
         self.channel = channel
@@ -313,13 +314,17 @@ class CommandSession:
         self.outputs = [OutputTail(1, io_dir / "out.1", io.stdout),
                         OutputTail(2, io_dir / "out.2", io.stderr)]
         self.stdin = StdinSpool(io_dir, io.stdin)
-        self.watch = DirectoryWatch(str(io_dir))
+        self.watch = watch
+        watch.add(str(io_dir))
         self._forwarded = 0
         self._kill_sent_at: float | None = None
         self._stop = threading.Event()  # close(): kill the command
         self.sigpipe_sent = False
 
     def start(self) -> None:
+        # Events of the last command's directory (its removal) would only
+        # cost this one a batch wait.
+        self.watch.drain()
         self.channel.send(f"r {self.number}" + (" last" if self.last else ""))
         if self.stdin.eof:
             self.channel.send("e")
@@ -479,4 +484,3 @@ class CommandSession:
                 tail.pump()
             finally:
                 tail.close()
-        self.watch.close()
