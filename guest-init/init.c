@@ -966,13 +966,29 @@ static void do_writeback(void)
  * back hold what those filesystems hold. */
 static void writeback_now(void)
 {
-	struct timespec end;
 	sync();
 	do_writeback();
 	/* What this writeback changed on the host is not a host change the
-	 * next one must respect. */
-	clock_gettime(CLOCK_REALTIME, &end);
-	req.wb_since = end;
+	 * next one must respect: from now on, only later host changes
+	 * conflict. "Now" on the host's clock (UML's lags it by a millisecond
+	 * or so): the ctime of a file made there after the last rename, plus a
+	 * nanosecond, as ctimes are coarse (a host change within the same
+	 * clock tick goes unnoticed). */
+	int fd = open(UR_IO "/wb.stamp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0) {
+		req.wb_since = st.st_ctim;
+		if (++req.wb_since.tv_nsec >= 1000000000L) {
+			req.wb_since.tv_sec++;
+			req.wb_since.tv_nsec = 0;
+		}
+	} else {
+		klog("writeback stamp: %s\n", strerror(errno));
+		clock_gettime(CLOCK_REALTIME, &req.wb_since);
+	}
+	if (fd >= 0)
+		close(fd);
+	unlink(UR_IO "/wb.stamp");
 	ctl_say("WBDONE");
 }
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,3 +72,29 @@ def umlroot() -> type[_Runner]:
 class _Runner:
     run = staticmethod(run_umlroot)
     argv = UMLROOT
+
+
+def uml_processes(tmpdir: str) -> list[int]:
+    """Host processes whose command line names a run directory under tmpdir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"umlroot_run=" + os.fsencode(tmpdir).hex().encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_no_leftovers(env: dict[str, str]) -> None:
+    tmpdir = env["TMPDIR"]
+    deadline = time.monotonic() + 5
+    while uml_processes(tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert uml_processes(tmpdir) == []
+    assert os.listdir(tmpdir) == []
+    # UML's pid file and mconsole socket live in the run directory, never ~/.uml.
+    assert not (Path.home() / ".uml").exists() or os.listdir(Path.home() / ".uml") == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import UMLROOT, run_umlroot
+from conftest import UMLROOT, assert_no_leftovers, run_umlroot, uml_processes
 
 pytestmark = pytest.mark.uml
 
@@ -26,32 +26,6 @@ def private_tmp(tmp_path: Path) -> dict[str, str]:
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     return {**os.environ, "TMPDIR": str(tmpdir)}
-
-
-def uml_processes(tmpdir: str) -> list[int]:
-    """Host processes whose command line names a run directory under tmpdir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"umlroot_run=" + os.fsencode(tmpdir).hex().encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def assert_no_leftovers(env: dict[str, str]) -> None:
-    tmpdir = env["TMPDIR"]
-    deadline = time.monotonic() + 5
-    while uml_processes(tmpdir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert uml_processes(tmpdir) == []
-    assert os.listdir(tmpdir) == []
-    # UML's pid file and mconsole socket live in the run directory, never ~/.uml.
-    assert not (Path.home() / ".uml").exists() or os.listdir(Path.home() / ".uml") == []
 
 
 # -- the request: who, where, what --------------------------------------------------
