@@ -398,8 +398,11 @@ class Guest:
             if result.killed_by is not None:
                 self._dead = "it was killed after repeated signals"
                 return
-            if result.timed_out and session.limits.deadline_kills_guest:
-                self._dead = "stopped at its timeout"
+            if result.timed_out and (session.limits.deadline_kills_guest or
+                                     result.outcome is None):
+                # The caller raises TimeoutExpired. Without an outcome, the
+                # command would not die: the guest was stopped.
+                self._dead = "stopped at a command's timeout"
                 return
             if result.error is not None:
                 self._dead = result.error
