@@ -348,6 +348,16 @@ def test_parent_killed_takes_the_guest_with_it(work: Path, private_tmp: dict[str
     proc.stdout.close()
 
 
+def test_a_guest_outlives_the_thread_that_made_it(work: Path) -> None:
+    made: list[umlroot.Guest] = []
+    maker = threading.Thread(target=lambda: made.append(umlroot.Guest(cwd=work)))
+    maker.start()
+    maker.join()
+    with made[0] as guest:
+        time.sleep(0.5)  # PDEATHSIG would have killed UML by now
+        assert guest.run(["echo", "alive"], capture_output=True).stdout == b"alive\n"
+
+
 def test_closed_and_dead_guests_raise(work: Path, private_tmp: dict[str, str]) -> None:
     guest = umlroot.Guest(cwd=work)
     guest.close()

@@ -11,7 +11,9 @@ import os
 import resource
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +104,19 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+# PDEATHSIG fires when the *thread* that forked UML ends, not the process: a
+# Guest made in a short-lived thread would lose its UML with that thread. So
+# outside the main thread UML is forked by a thread that lives as long as
+# the process (an idle executor worker never exits before shutdown).
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umlroot-spawn")
+
+
+def _in_long_lived_thread(start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    return _spawner.submit(start).result()
+
+
 class Machine:
     """One running UML process, in its own process group."""
 
@@ -109,7 +124,7 @@ class Machine:
         self.argv = kernel_command_line(spec, channel)
         log.show_command(self.argv)
         with open(log_file, "ab") as log_out, open(os.devnull, "rb") as devnull:
-            self.process = subprocess.Popen(
+            self.process = _in_long_lived_thread(lambda: subprocess.Popen(
                 self.argv,
                 stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
                 pass_fds=(channel.guest_reads, channel.guest_writes),
@@ -117,8 +132,9 @@ class Machine:
                 # Own session: a Ctrl-C on the user's terminal reaches umlroot
                 # (which forwards it to CMD), never UML itself.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - umlroot has no threads
-            )
+                # Only prctl() runs between fork and exec, with no lock taken.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            ))
 
     @property
     def pid(self) -> int:
