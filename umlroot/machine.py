@@ -13,13 +13,16 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from umlroot import log
 from umlroot.guestmem import uml_environment
 from umlroot.libc import libc
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 _PR_SET_PDEATHSIG = 1
 
@@ -108,12 +111,19 @@ def _die_with_parent() -> None:
 # Guest made in a short-lived thread would lose its UML with that thread. So
 # outside the main thread UML is forked by a thread that lives as long as
 # the process (an idle executor worker never exits before shutdown).
-_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umlroot-spawn")
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
 
 
 def _in_long_lived_thread(start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    global _spawner
     if threading.current_thread() is threading.main_thread():
         return start()
+    with _spawner_lock:
+        if _spawner is None:
+            from concurrent.futures import ThreadPoolExecutor  # only threaded users pay
+
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umlroot-spawn")
     return _spawner.submit(start).result()
 
 
