@@ -325,7 +325,7 @@ class Guest:
         except BootFailed as error:
             self.machine.kill()
             if deadline is not None and time.monotonic() >= deadline:
-                raise _BootTimeout from None
+                raise BootTimeout from None
             if spec.seccomp and seccomp_refused(self.log_file):
                 log.warn("seccomp mode is not available here; using ptrace mode (slower, 1 CPU)")
                 return self._start_machine(dataclasses.replace(spec, seccomp=False, cpus=1),
@@ -544,7 +544,7 @@ class Guest:
             self.kill()
 
 
-class _BootTimeout(Exception):
+class BootTimeout(Exception):
     """The one-shot run's deadline passed during boot."""
 
 

@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from umlroot.errors import CalledProcessError, ExitCode, GuestError, TimeoutExpired
-from umlroot.guest import CommandSpec, Guest, GuestOptions, _BootTimeout
+from umlroot.guest import BootTimeout, CommandSpec, Guest, GuestOptions, resolve_cwd
 from umlroot.request import TtyFlags
 from umlroot.session import (
     BufferSink,
@@ -268,8 +269,6 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
     try:
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
-        from umlroot.guest import resolve_cwd
-
         spec = stdio.spec(argv, resolve_cwd(cwd) if cwd is not None else None, env_bytes(env))
         session = guest._begin(spec, last=last, signals=signals,
                                limits=SessionLimits(deadline, deadline_kills_guest=last))
@@ -315,8 +314,6 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
         verbose: bool = False) -> CompletedProcess:
     """Run one command as root in a fresh guest, like `umlroot run`: boot,
     run, write back (if it ran), power off. See docs/api.md."""
-    from pathlib import Path
-
     options = GuestOptions(
         mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
         cwd=Path(os.fsdecode(cwd)) if cwd is not None else None,
@@ -328,7 +325,7 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
     with maybe_forward(forward_signals) as signals:
         try:
             guest = Guest._boot(options, deadline)
-        except _BootTimeout:
+        except BootTimeout:
             assert timeout is not None
             raise TimeoutExpired(argv_bytes(args), timeout,
                                  message=_timeout_message(timeout, killed_guest=True)) from None
@@ -351,8 +348,6 @@ class Popen:
     def __init__(self, guest: Guest, args: Arg | Sequence[Arg], *, stdin: File = None,
                  stdout: File = None, stderr: File = None, cwd: Arg | None = None,
                  env: Env | None = None) -> None:
-        from umlroot.guest import resolve_cwd
-
         self.args = args
         self._argv = argv_bytes(args)
         self._guest = guest
