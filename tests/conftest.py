@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,30 @@ def run_umlroot(args: Sequence[str | bytes | os.PathLike[str]], *, cwd: Path | N
     )
 
 
+def host_processes(matches: Callable[[Path], bool]) -> list[int]:
+    """PIDs of the host processes whose /proc/PID directory `matches` (which
+    may raise OSError for a process that is gone or not ours: no match)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if matches(entry):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path) -> dict[str, str]:
+    """An environment whose TMPDIR is a fresh directory, so a test can see
+    that umlroot left nothing behind in it."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    return {**os.environ, "TMPDIR": str(tmpdir)}
+
+
 @pytest.fixture
 def umlroot() -> type[_Runner]:
     return _Runner
@@ -76,17 +100,8 @@ class _Runner:
 
 def uml_processes(tmpdir: str) -> list[int]:
     """Host processes whose command line names a run directory under tmpdir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"umlroot_run=" + os.fsencode(tmpdir).hex().encode() in cmdline:
-            found.append(int(entry.name))
-    return found
+    marker = b"umlroot_run=" + os.fsencode(tmpdir).hex().encode()
+    return host_processes(lambda proc: marker in (proc / "cmdline").read_bytes())
 
 
 def assert_no_leftovers(env: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def in_private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Run directories go to a fresh TMPDIR, so a test can see that nothing
     was left behind in it."""
     tmpdir = tmp_path / "tmpdir"
@@ -113,7 +114,7 @@ def test_stdin_input_file_and_devnull(work: Path) -> None:
 
 
 def test_timeout_stops_the_guest_and_writes_nothing_back(
-        work: Path, private_tmp: dict[str, str]) -> None:
+        work: Path, in_private_tmp: dict[str, str]) -> None:
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired) as caught:
         umlroot.run(["sh", "-c", "echo x > late; sleep 60"], cwd=work, timeout=2)
@@ -121,7 +122,7 @@ def test_timeout_stops_the_guest_and_writes_nothing_back(
     assert caught.value.exit_code == umlroot.ExitCode.TIMEOUT
     assert time.monotonic() - started < 20
     assert not (work / "late").exists()
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
 def test_forwarded_signal_reaches_the_command(work: Path) -> None:
@@ -147,13 +148,13 @@ def test_writeback_and_its_report(work: Path) -> None:
     assert not (work / "none").exists()
 
 
-def test_guest_crash_is_a_guest_error(work: Path, private_tmp: dict[str, str]) -> None:
+def test_guest_crash_is_a_guest_error(work: Path, in_private_tmp: dict[str, str]) -> None:
     with pytest.raises(umlroot.GuestError) as caught:
         umlroot.run(["sh", "-c", "echo x > f; echo c > /proc/sysrq-trigger; sleep 10"], cwd=work)
     assert caught.value.message == "the guest crashed while running the command"
     assert caught.value.exit_code == umlroot.ExitCode.UMLROOT
     assert not (work / "f").exists()
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
 def test_state_is_shared_with_the_cli_and_locked(work: Path) -> None:
@@ -251,7 +252,7 @@ def test_popen_streams_and_takes_signals(work: Path) -> None:
         assert (out, err, cat.returncode) == (data, b"", 0)
 
 
-def test_a_hanging_command_does_not_block_close(work: Path, private_tmp: dict[str, str]) -> None:
+def test_a_hanging_command_does_not_block_close(work: Path, in_private_tmp: dict[str, str]) -> None:
     guest = umlroot.Guest(cwd=work)
     proc = guest.popen(["sh", "-c", "trap '' TERM INT HUP; echo x > written; sleep 1000"])
     time.sleep(1)
@@ -260,7 +261,7 @@ def test_a_hanging_command_does_not_block_close(work: Path, private_tmp: dict[st
     assert time.monotonic() - started < 15
     assert proc.wait(timeout=5) == 128 + signal.SIGKILL
     assert (work / "written").read_text() == "x\n"  # killed like by a signal: written back
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
 def test_writeback_on_demand_and_again_at_close(work: Path) -> None:
@@ -291,16 +292,16 @@ def test_host_change_after_a_writeback_is_a_conflict(work: Path) -> None:
 
 
 def test_an_exception_in_the_block_writes_nothing_back(work: Path,
-                                                       private_tmp: dict[str, str]) -> None:
+                                                       in_private_tmp: dict[str, str]) -> None:
     with pytest.raises(KeyboardInterrupt), umlroot.Guest(cwd=work) as guest:
         guest.run(["sh", "-c", "echo x > f"], check=True)
         raise KeyboardInterrupt
     assert not (work / "f").exists()
     assert not guest.alive
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
-def test_interrupted_while_a_command_runs(work: Path, private_tmp: dict[str, str]) -> None:
+def test_interrupted_while_a_command_runs(work: Path, in_private_tmp: dict[str, str]) -> None:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -317,32 +318,32 @@ def test_interrupted_while_a_command_runs(work: Path, private_tmp: dict[str, str
         guest.run(["true"])
     assert guest.close() is None
     assert not (work / "f").exists()
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
-def test_garbage_collection_leaves_nothing(work: Path, private_tmp: dict[str, str]) -> None:
+def test_garbage_collection_leaves_nothing(work: Path, in_private_tmp: dict[str, str]) -> None:
     guest = umlroot.Guest(cwd=work)
     guest.run(["sh", "-c", "echo x > f"], check=True)
-    assert uml_processes(private_tmp["TMPDIR"])
+    assert uml_processes(in_private_tmp["TMPDIR"])
     del guest
     gc.collect()
     assert not (work / "f").exists()
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
-def test_parent_killed_takes_the_guest_with_it(work: Path, private_tmp: dict[str, str]) -> None:
+def test_parent_killed_takes_the_guest_with_it(work: Path, in_private_tmp: dict[str, str]) -> None:
     script = ("import sys, umlroot; g = umlroot.Guest(); g.run(['true']); "
               "print('ready', flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=work, env=private_tmp,
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=work, env=in_private_tmp,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-    assert uml_processes(private_tmp["TMPDIR"])
+    assert uml_processes(in_private_tmp["TMPDIR"])
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10
-    while uml_processes(private_tmp["TMPDIR"]) and time.monotonic() < deadline:
+    while uml_processes(in_private_tmp["TMPDIR"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert uml_processes(private_tmp["TMPDIR"]) == []
+    assert uml_processes(in_private_tmp["TMPDIR"]) == []
     assert proc.stdin is not None
     proc.stdin.close()
     proc.stdout.close()
@@ -358,7 +359,7 @@ def test_a_guest_outlives_the_thread_that_made_it(work: Path) -> None:
         assert guest.run(["echo", "alive"], capture_output=True).stdout == b"alive\n"
 
 
-def test_closed_and_dead_guests_raise(work: Path, private_tmp: dict[str, str]) -> None:
+def test_closed_and_dead_guests_raise(work: Path, in_private_tmp: dict[str, str]) -> None:
     guest = umlroot.Guest(cwd=work)
     guest.close()
     guest.close()  # again: harmless
@@ -372,10 +373,10 @@ def test_closed_and_dead_guests_raise(work: Path, private_tmp: dict[str, str]) -
         crashed.run(["true"])
     crashed.close()
     assert not (work / "f").exists()
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
 
 
-def test_two_guests_at_once(work: Path, private_tmp: dict[str, str]) -> None:
+def test_two_guests_at_once(work: Path, in_private_tmp: dict[str, str]) -> None:
     with umlroot.Guest(cwd=work) as first, umlroot.Guest(cwd=work, writeback=False) as second:
         first.run(["sh", "-c", "echo first > /etc/which"], check=True)
         second.run(["sh", "-c", "echo second > /etc/which"], check=True)
@@ -383,7 +384,33 @@ def test_two_guests_at_once(work: Path, private_tmp: dict[str, str]) -> None:
         assert second.run(["cat", "/etc/which"], capture_output=True).stdout == b"second\n"
         out, _ = slow.communicate(timeout=60)
         assert out == b"first\n"
-    assert_no_leftovers(private_tmp)
+    assert_no_leftovers(in_private_tmp)
+
+
+def test_net_serves_every_command_of_a_guest(work: Path, in_private_tmp: dict[str, str]) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_twice() -> None:
+        for _ in range(2):
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"hello from the host")
+
+    answering = threading.Thread(target=answer_twice, daemon=True)
+    answering.start()
+    fetch = ["python3", "-c", ("import socket; "
+             f"print(socket.create_connection(('10.0.2.2', {port})).recv(100).decode())")]
+    try:
+        with umlroot.Guest(cwd=work, net=True) as guest:
+            for _ in range(2):
+                result = guest.run(fetch, capture_output=True, timeout=60)
+                assert result.stdout == b"hello from the host\n", result.stderr
+    finally:
+        server.close()
+    offline = umlroot.run(["test", "-e", "/sys/class/net/eth0"], cwd=work)
+    assert offline.returncode == 1  # net=False is the default
+    assert_no_leftovers(in_private_tmp)
 
 
 # -- docs/api.md --------------------------------------------------------------------------------------

@@ -19,15 +19,6 @@ from conftest import UMLROOT, assert_no_leftovers, run_umlroot, uml_processes
 pytestmark = pytest.mark.uml
 
 
-@pytest.fixture
-def private_tmp(tmp_path: Path) -> dict[str, str]:
-    """An environment whose TMPDIR is a fresh directory, so a test can see
-    that umlroot left nothing behind in it."""
-    tmpdir = tmp_path / "tmpdir"
-    tmpdir.mkdir()
-    return {**os.environ, "TMPDIR": str(tmpdir)}
-
-
 # -- the request: who, where, what --------------------------------------------------
 
 

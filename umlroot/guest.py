@@ -49,6 +49,7 @@ from umlroot.machine import (
     UbdDisk,
     raise_nofile_limit,
 )
+from umlroot.net import find_helper, network
 from umlroot.request import CommandRequest, MachineRequest, TtyFlags
 from umlroot.rundir import run_directory
 from umlroot.scratch import create_scratch
@@ -90,6 +91,8 @@ class GuestOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
+    # A network (umlroot/net.py); off by default, so builds stay hermetic.
+    net: bool = False
     keep_scratch: bool = False
     verbose: bool = False
 
@@ -222,14 +225,14 @@ class Guest:
                  cwd: str | os.PathLike[str] | None = None,
                  writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
                  state: str | os.PathLike[str] | None = None, state_wait: bool = True,
-                 disks: Sequence[str | os.PathLike[str]] = (), keep_scratch: bool = False,
-                 verbose: bool = False) -> None:
+                 disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
+                 keep_scratch: bool = False, verbose: bool = False) -> None:
         options = GuestOptions(
             mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
             cwd=Path(cwd) if cwd is not None else None,
             writable=tuple(Path(p) for p in writable), writeback=writeback,
             state=Path(state) if state is not None else None, state_wait=state_wait,
-            disks=tuple(os.fspath(d) for d in disks), keep_scratch=keep_scratch,
+            disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
             verbose=verbose)
         self._start(options, deadline=None)
 
@@ -255,6 +258,8 @@ class Guest:
         self._final_report: WritebackReport | None = None
         self.cwd = resolve_cwd(options.cwd)
         disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
+        if options.net:
+            find_helper()
         kernel = find_kernel(options.kernel)
         init = build_guest_init()
         cpus = options.cpus
@@ -291,6 +296,7 @@ class Guest:
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
         attached = attach_disks(disk_specs, self.run_dir)
+        helper = stack.enter_context(network(self.run_dir)) if options.net else None
         self._disk_env = attached.env
         self.disks: dict[str, str] = {link.name: f"{DISK_DIR}/{link.name}"
                                       for link in attached.links}
@@ -298,11 +304,12 @@ class Guest:
             tmpfs_tmp=not needs_host_tmp(self.cwd, scopes),
             persistent=options.state is not None, scopes=scopes, start_ns=time.time_ns(),
             host_uid=os.getuid(), host_gid=os.getgid(), verbose=options.verbose,
-            disks=attached.links, hostname=os.fsencode(socket.gethostname()))
+            disks=attached.links, hostname=os.fsencode(socket.gethostname()), net=options.net)
         (self.run_dir / "request").write_bytes(request.encode())
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=self.run_dir,
                            disks=[UbdDisk(scratch), *attached.ubd], mem=options.mem,
-                           cpus=cpus, quiet=not options.verbose, extra=kernel.boot_args)
+                           cpus=cpus, quiet=not options.verbose, extra=kernel.boot_args,
+                           net_fd=helper.guest_fd if helper else None)
         memory_dir = None if guestmem.backing(kernel.patches) is guestmem.Backing.MEMFD \
             else str(guestmem.search_dir())
         self._failure = FailureContext(self.log_file, options.mem, memory_dir)

@@ -11,20 +11,14 @@ import os
 import resource
 import signal
 import subprocess
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from umlroot import log
 from umlroot.guestmem import uml_environment
-from umlroot.libc import libc
-
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
-_PR_SET_PDEATHSIG = 1
+from umlroot.libc import die_with_parent, from_long_lived_thread
+from umlroot.net import guest_interface
 
 
 @dataclass(frozen=True)
@@ -46,6 +40,8 @@ class MachineSpec:
     seccomp: bool = True
     quiet: bool = True
     extra: Sequence[str] = field(default_factory=tuple)
+    # --net: the guest's end of the helper's socketpair (umlroot/net.py).
+    net_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +86,8 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
         # say (a user's image could start with a COW header).
         flags = ("r" if disk.read_only else "") + "d"
         argv.append(f"ubd{index}{flags}={disk.path}")
+    if spec.net_fd is not None:
+        argv.append(guest_interface(spec.net_fd))
     argv.extend(spec.extra)
     return argv
 
@@ -102,31 +100,6 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _die_with_parent() -> None:
-    # If umlroot is killed outright, the kernel kills UML too: no leftovers.
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-# PDEATHSIG fires when the *thread* that forked UML ends, not the process: a
-# Guest made in a short-lived thread would lose its UML with that thread. So
-# outside the main thread UML is forked by a thread that lives as long as
-# the process (an idle executor worker never exits before shutdown).
-_spawner: ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _in_long_lived_thread(start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    global _spawner
-    if threading.current_thread() is threading.main_thread():
-        return start()
-    with _spawner_lock:
-        if _spawner is None:
-            from concurrent.futures import ThreadPoolExecutor  # only threaded users pay
-
-            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umlroot-spawn")
-    return _spawner.submit(start).result()
-
-
 class Machine:
     """One running UML process, in its own process group."""
 
@@ -134,16 +107,17 @@ class Machine:
         self.argv = kernel_command_line(spec, channel)
         log.show_command(self.argv)
         with open(log_file, "ab") as log_out, open(os.devnull, "rb") as devnull:
-            self.process = _in_long_lived_thread(lambda: subprocess.Popen(
+            self.process = from_long_lived_thread(lambda: subprocess.Popen(
                 self.argv,
                 stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
-                pass_fds=(channel.guest_reads, channel.guest_writes),
+                pass_fds=(channel.guest_reads, channel.guest_writes,
+                          *([] if spec.net_fd is None else [spec.net_fd])),
                 env=uml_environment(),
                 # Own session: a Ctrl-C on the user's terminal reaches umlroot
                 # (which forwards it to CMD), never UML itself.
                 start_new_session=True,
                 # Only prctl() runs between fork and exec, with no lock taken.
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             ))
 
     @property

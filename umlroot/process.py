@@ -310,8 +310,8 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
         mem: str = "1G", cpus: int = 1, kernel: str | os.PathLike[str] | None = None,
         writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
         state: str | os.PathLike[str] | None = None, state_wait: bool = True,
-        disks: Sequence[str | os.PathLike[str]] = (), keep_scratch: bool = False,
-        verbose: bool = False) -> CompletedProcess:
+        disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
+        keep_scratch: bool = False, verbose: bool = False) -> CompletedProcess:
     """Run one command as root in a fresh guest, like `umlroot run`: boot,
     run, write back (if it ran), power off. See docs/api.md."""
     options = GuestOptions(
@@ -319,7 +319,8 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
         cwd=Path(os.fsdecode(cwd)) if cwd is not None else None,
         writable=tuple(Path(p) for p in writable), writeback=writeback,
         state=Path(state) if state is not None else None, state_wait=state_wait,
-        disks=tuple(os.fspath(d) for d in disks), keep_scratch=keep_scratch, verbose=verbose)
+        disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
+        verbose=verbose)
     argv_bytes(args)  # no command: fail before booting
     deadline = time.monotonic() + timeout if timeout is not None else None
     with maybe_forward(forward_signals) as signals:

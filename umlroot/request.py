@@ -63,6 +63,7 @@ class MachineRequest:
     host_gid: int = 0
     verbose: bool = False
     hostname: bytes = b""
+    net: bool = False
     disks: Sequence[DiskLink] = field(default_factory=tuple)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
@@ -77,6 +78,8 @@ class MachineRequest:
         yield b"verbose", b"1" if self.verbose else b"0"
         if self.hostname:
             yield b"hostname", self.hostname
+        if self.net:
+            yield b"net", b"1"
         for disk in self.disks:
             yield b"disk", f"{disk.device} {disk.name}".encode()
 

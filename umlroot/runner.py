@@ -36,6 +36,9 @@ class RunOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
+    # The guest gets a network (umlroot/net.py); off by default, so builds
+    # stay hermetic unless asked.
+    net: bool = False
 
 
 def run(options: RunOptions) -> int:
@@ -47,7 +50,8 @@ def run(options: RunOptions) -> int:
             options.argv, mem=options.mem, cpus=options.cpus, kernel=options.kernel,
             timeout=options.timeout, writable=options.writable, writeback=options.writeback,
             state=options.state, state_wait=options.state_wait, disks=options.disks,
-            keep_scratch=options.keep_scratch, verbose=options.verbose, forward_signals=True)
+            net=options.net, keep_scratch=options.keep_scratch, verbose=options.verbose,
+            forward_signals=True)
     except TimeoutExpired as expired:
         log.say(expired.message)
         return ExitCode.TIMEOUT
