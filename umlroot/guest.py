@@ -38,6 +38,7 @@ from umlroot.errors import (
     ExitCode,
     GuestBusyError,
     GuestClosedError,
+    GuestError,
     UmlrootError,
 )
 from umlroot.guestinit import build_guest_init
@@ -337,8 +338,8 @@ class Guest:
                 log.warn("seccomp mode is not available here; using ptrace mode (slower, 1 CPU)")
                 return self._start_machine(dataclasses.replace(spec, seccomp=False, cpus=1),
                                            deadline)
-            raise guest_failure(f"the guest failed to start: {error}", self._failure,
-                                hint="full kernel log: rerun with --keep-scratch or --verbose") \
+            raise self._failed(f"the guest failed to start: {error}",
+                               hint="full kernel log: rerun with --keep-scratch or --verbose") \
                 from None
         self.phases["ready"] = time.monotonic() - self._started
         times = ready.split()
@@ -347,6 +348,13 @@ class Guest:
             self.phases["guest_init_at"] = int(times[0]) / 1000
             self.phases["guest_ready_at"] = int(times[1]) / 1000
         return None
+
+    def _failed(self, message: str, hint: str | None = None) -> GuestError:
+        """The error for a guest that failed or crashed; with verbose, the
+        whole kernel log first (the error shows only its end)."""
+        if self.options.verbose:
+            sys.stderr.write(self.log_file.read_text(errors="replace"))
+        return guest_failure(message, self._failure, hint)
 
     # -- state --------------------------------------------------------------------------
 
@@ -362,8 +370,8 @@ class Guest:
             raise GuestClosedError(f"the guest is gone: {self._dead}")
         if not self.machine.alive():
             self._dead = "its UML process died"
-            raise guest_failure("the guest died while no command ran; nothing was "
-                                "written back", self._failure)
+            raise self._failed("the guest died while no command ran; nothing was "
+                                "written back")
         if self._busy is not None:
             raise GuestBusyError("the guest is still running a command; a Guest runs one "
                                  "at a time (wait() for its Popen first)")
@@ -413,16 +421,15 @@ class Guest:
                 return
             if result.error is not None:
                 self._dead = result.error
-                raise guest_failure(f"the guest failed: {result.error}", self._failure)
+                raise self._failed(f"the guest failed: {result.error}")
             if result.outcome is None:
                 self._dead = "it crashed"
-                raise guest_failure("the guest crashed while running the command",
-                                    self._failure)
+                raise self._failed("the guest crashed while running the command")
             if session.last:
                 if not result.done:
                     self._dead = "it crashed"
-                    raise guest_failure("the guest crashed after the command finished "
-                                        "(during writeback)", self._failure)
+                    raise self._failed("the guest crashed after the command finished "
+                                        "(during writeback)")
                 self._final_report = self._report(result.writeback)
                 self._shut_down()
 
@@ -475,7 +482,7 @@ class Guest:
                 if final in seen:
                     break
                 self._dead = f"it crashed during {what}"
-                raise guest_failure(f"the guest crashed during {what}", self._failure)
+                raise self._failed(f"the guest crashed during {what}")
             ready, _, _ = select.select([self.channel.from_guest], [], [], 0.5)
             if ready:
                 for line in self.channel.read_lines():
