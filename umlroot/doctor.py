@@ -225,9 +225,10 @@ def check_network() -> Check:
     """`--net` is optional: without its helper everything else works (WARN)."""
     name = "network helper (--net)"
     try:
+        path = net.find_helper()
         with tempfile.TemporaryDirectory(prefix="umlroot-doctor-") as scratch, \
-                net.network(Path(scratch)) as helper:
-            path = helper.process.args[0]
+                net.network(Path(scratch)):
+            pass
     except UmlrootError as error:
         return Check(name, Status.WARN, error.message, error.hint)
     return Check(name, Status.OK, f"{path} with slirp answers; the host's loopback is "
