@@ -94,3 +94,17 @@ def test_exit_status_follows_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     assert doctor.run_doctor() is True
     monkeypatch.setattr(doctor, "collect", lambda echo: [Check("a", Status.FAIL, "")])
     assert doctor.run_doctor() is False
+
+
+def test_network_helper_checked_for_real() -> None:
+    check = doctor.check_network()
+    assert check.status is doctor.Status.OK, check.line()
+    assert "10.0.2.2" in check.detail
+
+
+def test_missing_network_helper_is_a_warning_naming_the_packages(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    check = doctor.check_network()
+    assert check.status is doctor.Status.WARN
+    assert "vdeplug" in check.line() and "libvdeplug-slirp" in check.line()

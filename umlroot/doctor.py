@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from umlroot import guestmem, rundir
+from umlroot import guestmem, net, rundir
 from umlroot.errors import UmlrootError
 from umlroot.kernel import probe
 from umlroot.kernel.build import REQUIRED_TOOLS, missing_tools
@@ -221,6 +221,20 @@ def check_cpu() -> Check:
     return Check("CPU XSAVE features", Status.INFO, " ".join(present) + note)
 
 
+def check_network() -> Check:
+    """`--net` is optional: without its helper everything else works (WARN)."""
+    name = "network helper (--net)"
+    try:
+        path = net.find_helper()
+        with tempfile.TemporaryDirectory(prefix="umlroot-doctor-") as scratch, \
+                net.network(Path(scratch)):
+            pass
+    except UmlrootError as error:
+        return Check(name, Status.WARN, error.message, error.hint)
+    return Check(name, Status.OK, f"{path} with slirp answers; the host's loopback is "
+                                  f"{net.HOST_ADDRESS} inside")
+
+
 def collect(echo: Callable[[Check], None]) -> list[Check]:
     checks = []
 
@@ -241,6 +255,7 @@ def collect(echo: Callable[[Check], None]) -> list[Check]:
     add(check_guest_init())
     add(check_build_tools(choice is not None))
     add(check_run_dirs())
+    add(check_network())
     add(check_nofile())
     add(check_cpu())
     return checks
