@@ -127,14 +127,29 @@ def test_timeout_stops_the_guest_and_writes_nothing_back(
 
 def test_forwarded_signal_reaches_the_command(work: Path) -> None:
     before = signal.getsignal(signal.SIGINT)
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    read_end, write_end = os.pipe()
+    seen = bytearray()
+
+    def interrupt_when_ready() -> None:
+        with open(read_end, "rb", buffering=0) as stream:
+            while b"ready\n" not in seen:
+                byte = stream.read(1)
+                if not byte:
+                    return  # the command ended before it was ready: the asserts say so
+                seen.extend(byte)
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.extend(stream.read())
+
+    watcher = threading.Thread(target=interrupt_when_ready)
+    watcher.start()
     try:
-        result = umlroot.run(["sh", "-c", 'trap "echo caught; exit 3" INT; sleep 30 & wait'],
-                             cwd=work, forward_signals=True, capture_output=True)
+        result = umlroot.run(["sh", "-c", ('trap "echo caught; exit 3" INT; echo ready; '
+                              "sleep 30 & wait")], cwd=work, forward_signals=True,
+                             stdout=write_end, timeout=60)
     finally:
-        timer.cancel()
-    assert (result.returncode, result.stdout) == (3, b"caught\n")
+        os.close(write_end)
+        watcher.join()
+    assert (result.returncode, bytes(seen)) == (3, b"ready\ncaught\n")
     assert signal.getsignal(signal.SIGINT) == before  # restored
 
 
@@ -225,7 +240,7 @@ def test_timeout_kills_the_command_not_the_guest(work: Path) -> None:
     with umlroot.Guest(cwd=work) as guest:
         started = time.monotonic()
         with pytest.raises(umlroot.TimeoutExpired) as caught:
-            guest.run(["sh", "-c", "echo partial; trap '' TERM INT; sleep 60"], timeout=1,
+            guest.run(["sh", "-c", "echo partial; trap '' TERM INT; sleep 60"], timeout=3,
                       capture_output=True)
         assert time.monotonic() - started < 15
         assert caught.value.output == b"partial\n"
@@ -254,13 +269,15 @@ def test_popen_streams_and_takes_signals(work: Path) -> None:
 
 def test_a_hanging_command_does_not_block_close(work: Path, in_private_tmp: dict[str, str]) -> None:
     guest = umlroot.Guest(cwd=work)
-    proc = guest.popen(["sh", "-c", "trap '' TERM INT HUP; echo x > written; sleep 1000"])
-    time.sleep(1)
+    proc = guest.popen(["sh", "-c", ("trap '' TERM INT HUP; echo x > written; echo started; "
+                        "sleep 1000")], stdout=umlroot.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
     started = time.monotonic()
     guest.close()
     assert time.monotonic() - started < 15
     assert proc.wait(timeout=5) == 128 + signal.SIGKILL
     assert (work / "written").read_text() == "x\n"  # killed like by a signal: written back
+    proc.stdout.close()
     assert_no_leftovers(in_private_tmp)
 
 
