@@ -10,13 +10,14 @@ btrfs/xfs/vfat to fill them). So a job with nothing for root boots nothing.
 |-------------------------------|-----------------|----------------|------------------------|
 | directory, as seen            | host            | guest          | host                   |
 | directory, --all-root         | host + chown    | guest          | host                   |
-| directory, --state            | guest `-d`      | guest          | guest                  |
+| directory, --state            | guest           | guest          | guest                  |
 | tarball                       | guest           | guest          | guest (extract first)  |
 | --luks (block types)          | guest           | guest          | refused                |
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +98,15 @@ def ext4_argv(options: MkfsOptions, content: Content | None, device: str,
               size: int | None = None) -> list[str]:
     """mkfs.ext4; with `host_offset`, into a partition of the image file
     (mke2fs writes at that offset and needs the size then)."""
-    argv = ["mkfs.ext4", "-q", "-F", *_label("-L", options)]
-    extended = "nodiscard"
+    extended = ["nodiscard"]
     if host_offset:
-        extended += f",offset={host_offset}"
-    argv += ["-E", extended]
+        extended.append(f"offset={host_offset}")
+    if source is not None:
+        # -d copies every owner but the root directory's.
+        st = os.stat(source)
+        extended.append(f"root_owner={st.st_uid}:{st.st_gid}")
+    # mke2fs keeps only the last -E: one, with everything.
+    argv = ["mkfs.ext4", "-q", "-F", *_label("-L", options), "-E", ",".join(extended)]
     if content is not None:
         argv += ["-N", str(ext4_inodes(content))]
     if source is not None:
@@ -135,6 +140,8 @@ def read_only_argv(options: MkfsOptions, source: str, output: str) -> list[str]:
         return ["mkfs.erofs", "--quiet", *(["--all-root"] if all_root else []), output, source]
     assert options.fstype is FsType.ISO9660
     argv = ["xorriso", "-no_rc", "-report_about", "FAILURE", "-outdev", f"stdio:{output}",
+            # No 300 KiB of zeros at the end (a workaround for Linux 2.4).
+            "-padding", "0",
             *(["-volid", options.label] if options.label is not None else []),
             "-joliet", "on", "-rockridge", "on", "-map", source, "/"]
     if all_root:
@@ -206,12 +213,8 @@ def guest_steps(options: MkfsOptions, kind: SourceKind, content: Content | None)
     if options.luks_key is not None:
         steps += luks_open_steps(str(options.luks_key), device)
         device = f"/dev/mapper/{MAPPER_NAME}"
-    if options.fstype is FsType.EXT4 and kind is SourceKind.DIRECTORY:
-        # mkfs.ext4 -d reads the tree as the guest shows it (--state's owners).
-        steps.append(ext4_argv(options, content, device, source))
-    else:
-        steps.append(mkfs_argv(options, content, device))
-        steps += _fill_mounted(options, kind, source, device)
+    steps.append(mkfs_argv(options, content, device))
+    steps += _fill_mounted(options, kind, source, device)
     if options.luks_key is not None:
         steps.append(["cryptsetup", "close", MAPPER_NAME])
     return steps
