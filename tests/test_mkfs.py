@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import run_umlroot
 from mkfs_manifest import from_directory, from_tarball
-from test_images import extract_partitions, host, host_tool
+from test_images import extract_partitions, host
 
 from umlroot.imagesize import image_length
 from umlroot.mkfs_options import FsType, MkfsOptions, Owners, SourceKind, parse_size
@@ -230,7 +230,7 @@ def test_tarball_keeps_owners_modes_nodes_xattrs(tmp_path: Path, root_tarball: P
     assert got["dev/console"].startswith("c 0600 0:0 5,1")
     assert got["etc/motd"].startswith("f 0640 123:45 ")
     if fstype == "squashfs":
-        assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.M)
+        assert re.search(r"^crw------- 0/0 +5, +1 .* squashfs-root/dev/console$", listing, re.MULTILINE)
 
 
 @pytest.mark.uml
@@ -333,7 +333,7 @@ def test_luks_ext4_partition_opens_in_a_fresh_guest(tmp_path: Path, root_tarball
     ((part_type, part),) = extract_partitions(image)
     assert part_type == "CA7D7CCB-63ED-4C53-861C-1742536059CC"
     dump = host("cryptsetup", "luksDump", str(part)).stdout
-    assert re.search(r"^Version:\s+2$", dump, re.M) and "Keyslots:" in dump
+    assert re.search(r"^Version:\s+2$", dump, re.MULTILINE) and "Keyslots:" in dump
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(b"wrong")
     opened = mounted_manifest(
