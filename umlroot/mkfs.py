@@ -204,13 +204,16 @@ def _measure(options: MkfsOptions, kind: SourceKind) -> Content | None:
 def build(options: MkfsOptions, kind: SourceKind, stage: Path) -> tuple[Path, str | None] | int:
     """Make the image in STAGE; the finished file and the root hash, or the
     guest's exit status when it failed (it has said why)."""
-    content = _measure(options, kind)
-    size = image_size(options, content)
+    writes_file = options.fstype.writes_file
+    # An offline tool writing its own file needs no size (and the walk over
+    # the tree costs as much as a small image).
+    sized = not (writes_file and host_only(options, kind))
+    content = _measure(options, kind) if sized else None
+    size = image_size(options, content) if sized else 0
     image = stage / "image"
     plan = make_plan(options, kind, content, image, size)
     check_tools(needed_tools(options, plan))
-    writes_file = options.fstype.writes_file
-    if not (writes_file and host_only(options, kind)):
+    if sized:
         with open(image, "wb") as f:
             f.truncate(size)  # sparse
         if options.partition is Partitioning.GPT and not writes_file:
