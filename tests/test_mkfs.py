@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -379,3 +381,29 @@ def test_manifest_sees_what_tar_holds(tmp_path: Path) -> None:
     assert from_tarball(str(tmp_path / "t.tar")) == from_directory(str(tree))
     (tree / "a" / "f").write_bytes(b"y")
     assert from_tarball(str(tmp_path / "t.tar")) != from_directory(str(tree))
+
+
+@pytest.mark.uml
+def test_source_in_tmp_seen_from_elsewhere(root_tarball: Path) -> None:
+    """The guest has a fresh /tmp unless umlroot runs from under /tmp; mkfs
+    must still see a source there when started from another directory."""
+    work = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        source = work / "root.tar"
+        source.write_bytes(root_tarball.read_bytes())
+        mkfs(["ext4", source, work / "out.img"], Path("/"))
+        host("e2fsck", "-fn", str(work / "out.img"))
+        assert "Type: character special" in host("debugfs", "-R", "stat /dev/console",
+                                                  str(work / "out.img")).stdout
+    finally:
+        shutil.rmtree(work)
+
+
+def test_source_where_the_guest_cannot_see_it(tmp_path: Path) -> None:
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        result = mkfs(["ext4", shm, tmp_path / "out.img"], tmp_path, status=125)
+        assert b"under /dev, which the guest has a fresh one of" in result.stderr
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        shm.rmdir()
