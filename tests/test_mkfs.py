@@ -8,15 +8,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import run_umlroot
+from conftest import UMLROOT, run_umlroot
 from mkfs_manifest import from_directory, from_tarball
 from test_images import extract_partitions, host
 
@@ -350,8 +352,10 @@ def test_luks_ext4_partition_opens_in_a_fresh_guest(tmp_path: Path, root_tarball
 @pytest.mark.parametrize("fstype", ["squashfs", "erofs"])
 def test_verity_root_hash(tmp_path: Path, root_tarball: Path, fstype: str) -> None:
     image = tmp_path / "root.raw"
-    root_hash = mkfs(["--verity", fstype, root_tarball, image], tmp_path).stdout.decode().strip()
-    assert re.fullmatch(r"[0-9a-f]{64}", root_hash)
+    # -v: the guest's steps on stderr; stdout holds the root hash alone.
+    stdout = mkfs(["-v", "--verity", fstype, root_tarball, image], tmp_path).stdout.decode()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", stdout), stdout
+    root_hash = stdout.strip()
     assert (tmp_path / "root.roothash").read_text() == root_hash + "\n"
     verity = tmp_path / "root.verity"
     host("veritysetup", "verify", str(image), str(verity), root_hash)
@@ -407,3 +411,34 @@ def test_source_where_the_guest_cannot_see_it(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == []
     finally:
         shm.rmdir()
+
+
+@pytest.mark.uml
+def test_interrupted_mkfs_leaves_nothing(tmp_path: Path, root_tarball: Path) -> None:
+    """Ctrl-C while the guest formats a LUKS container (seconds of key
+    derivation): no OUTPUT, no staging directory, no UML process."""
+    key = tmp_path / "k"
+    key.write_bytes(b"secret")
+    output = tmp_path / "disk.img"
+    process = subprocess.Popen([*UMLROOT, "mkfs", "--luks", str(key), "ext4",
+                                str(root_tarball), str(output)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".disk.img.*.umlroot-mkfs/image")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.5)  # well inside the guest by now
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+    # UML's command line names the staging image (ubd1=...).
+    assert [pid for pid in os.listdir("/proc") if pid.isdigit() and _ours(pid, tmp_path)] == []
+
+
+def _ours(pid: str, where: Path) -> bool:
+    try:
+        return str(where) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return False

@@ -41,8 +41,9 @@ def run_step(argv: list[str], verbose: bool) -> int:
     if verbose:
         print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
     try:
+        # Shown on stderr: stdout is umlroot mkfs's own (the root hash).
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False,
-                                stdout=None if verbose else subprocess.PIPE,
+                                stdout=sys.stderr.fileno() if verbose else subprocess.PIPE,
                                 stderr=None if verbose else subprocess.STDOUT)
     except OSError as error:
         print(f"umlroot: mkfs: {argv[0]}: {error.strerror} in the guest", file=sys.stderr)

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from umlroot.errors import UmlrootError
-from umlroot.mkfs_options import MIB, FsType, MkfsOptions, SizeSpec, SourceKind
+from umlroot.mkfs_options import (
+    MIB,
+    FsType,
+    MkfsOptions,
+    Partitioning,
+    SizeSpec,
+    SourceKind,
+)
 
 BLOCK = 4096
 # LUKS2's default header (with its key slot area) takes 16 MiB.
@@ -108,7 +115,7 @@ def ext4_inodes(content: Content) -> int:
 def overhead(options: MkfsOptions) -> int:
     """What the image holds besides the filesystem."""
     extra = LUKS_HEADER if options.luks_key is not None else 0
-    if options.partition.value != "none":
+    if options.partition is Partitioning.GPT:
         extra += GPT_HEAD + GPT_TAIL
     return extra
 
