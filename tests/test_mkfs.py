@@ -22,6 +22,7 @@ from conftest import UMLROOT, run_umlroot
 from mkfs_manifest import from_directory, from_tarball
 from test_images import extract_partitions, host
 
+from umlroot._guest_mkfs import summary
 from umlroot.imagesize import image_length
 from umlroot.mkfs_options import FsType, MkfsOptions, Owners, SourceKind, parse_size
 from umlroot.mkfs_plan import host_only
@@ -138,6 +139,25 @@ def test_bad_combinations_are_one_line_errors(tmp_path: Path, user_tree: Path,
     assert lines[0].startswith("umlroot: ") and message in lines[0], lines
     assert all(line.startswith("umlroot: ") for line in lines), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["S", "empty.key", "key", "tree"]
+
+
+def test_output_inside_source_or_source_itself(tmp_path: Path, user_tree: Path) -> None:
+    result = mkfs(["ext4", ".", "out.img"], user_tree, status=125)
+    assert b"is inside SOURCE" in result.stderr
+    (tmp_path / "a.tar").write_bytes(b"")
+    result = mkfs(["ext4", "a.tar", "a.tar"], tmp_path, status=125)
+    assert b"is SOURCE itself" in result.stderr
+    assert not (user_tree / "out.img").exists()
+
+
+def test_guest_failure_summary() -> None:
+    """The line that says why, not tar's closing words or a banner."""
+    assert summary(b"tar: ./dev/fifo: Cannot mkfifo: Operation not permitted\n"
+                   b"tar: Exiting with failure status due to previous errors\n") == \
+        "tar: ./dev/fifo: Cannot mkfifo: Operation not permitted"
+    assert summary(b"mkfs.fat 4.2 (2021-01-31)\nmkfs.vfat: unable to open /dev/x: "
+                   b"No such file or directory\n").startswith("mkfs.vfat: unable to open")
+    assert summary(b"") == "no message"
 
 
 def test_missing_source_and_output_directory(tmp_path: Path, user_tree: Path) -> None:

@@ -7,6 +7,7 @@ refusal is one line (exit 125).
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,19 @@ def check_combination(options: MkfsOptions, kind: SourceKind) -> None:
         _check_label(fstype, options.label)
     if options.output.exists() and options.output.is_dir():
         raise _refuse(f"OUTPUT {options.output}: is a directory")
+    _check_apart(options.source, options.output)
+
+
+def _check_apart(source: Path, output: Path) -> None:
+    """OUTPUT (and the staging directory beside it) inside a SOURCE
+    directory would be copied into itself; OUTPUT as SOURCE overwritten."""
+    src = os.path.realpath(source)
+    out_dir = os.path.realpath(output.parent)
+    if os.path.realpath(output) == src:
+        raise _refuse(f"OUTPUT {output} is SOURCE itself")
+    if out_dir == src or out_dir.startswith(src.rstrip("/") + "/"):
+        raise _refuse(f"OUTPUT {output} is inside SOURCE {source}: the image would hold "
+                      "itself", hint="write OUTPUT beside SOURCE, or elsewhere")
 
 
 def _check_label(fstype: FsType, label: str) -> None:
