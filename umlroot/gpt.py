@@ -32,8 +32,9 @@ def write_gpt(disk: Path, partition_type: str) -> None:
     log.show_command(argv)
     result = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
     if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
         raise UmlrootError(f"sfdisk failed with status {result.returncode}: "
-                           f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+                           f"{lines[-1] if lines else 'no message'}")
 
 
 def wrap_in_gpt(image: Path, disk: Path, partition_type: str) -> None:
