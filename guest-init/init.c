@@ -239,6 +239,8 @@ static void read_request(const char *path)
 			req.verbose = value[0] == '1';
 		} else if (!strcmp(tag, "hostname")) {
 			req.hostname = value;
+		} else if (!strcmp(tag, "net")) {
+			req.net = value[0] == '1';
 		} else if (!strcmp(tag, "disk")) {
 			if (req.ndisks >= UR_MAX_DISKS)
 				fail("parse request: too many disks", E2BIG);
@@ -369,6 +371,8 @@ static void boot(void)
 	/* `hostname` and uname -n answer as on the host (the kernel says "(none)"). */
 	if (req.hostname && sethostname(req.hostname, strlen(req.hostname)) < 0)
 		klog("sethostname: %s\n", strerror(errno));
+	if (net_setup(req.net) < 0)
+		fail("set up the network (--net; details in the kernel log)", EIO);
 	/* hostfs keeps one host fd per open guest file: a big chown -R would
 	 * otherwise hit EMFILE in the guest (the host limit is raised by umlroot). */
 	struct rlimit nofile = {1 << 20, 1 << 20};

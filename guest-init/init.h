@@ -50,7 +50,17 @@ struct request {
 	const char *hostname; /* the host's, or NULL */
 	struct disk disks[UR_MAX_DISKS];
 	int ndisks;
+	int net;        /* --net: eth0 is the vector device on slirp */
 };
+
+/* The guest's network (net.c). slirp's fixed addresses: the guest, its
+ * netmask, the host (gateway; the host's 127.0.0.1 is reachable there), and
+ * slirp's DNS proxy. umlroot/net.py documents the same numbers. */
+#define UR_NET_GUEST "10.0.2.15"
+#define UR_NET_NETMASK "255.255.255.0"
+#define UR_NET_HOST "10.0.2.2"
+#define UR_NET_DNS "10.0.2.3"
+int net_setup(int with_eth0);
 
 /* Directory iteration (dir.c): entries other than "." and "..". */
 struct dir_iter {

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,30 @@ def run_umlroot(args: Sequence[str | bytes | os.PathLike[str]], *, cwd: Path | N
         capture_output=True, env=env, check=False,
         stdin=stdin if input is None else None,
     )
+
+
+def host_processes(matches: Callable[[Path], bool]) -> list[int]:
+    """PIDs of the host processes whose /proc/PID directory `matches` (which
+    may raise OSError for a process that is gone or not ours: no match)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if matches(entry):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path) -> dict[str, str]:
+    """An environment whose TMPDIR is a fresh directory, so a test can see
+    that umlroot left nothing behind in it."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    return {**os.environ, "TMPDIR": str(tmpdir)}
 
 
 @pytest.fixture

@@ -14,33 +14,15 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import UMLROOT, run_umlroot
+from conftest import UMLROOT, host_processes, run_umlroot
 
 pytestmark = pytest.mark.uml
 
 
-@pytest.fixture
-def private_tmp(tmp_path: Path) -> dict[str, str]:
-    """An environment whose TMPDIR is a fresh directory, so a test can see
-    that umlroot left nothing behind in it."""
-    tmpdir = tmp_path / "tmpdir"
-    tmpdir.mkdir()
-    return {**os.environ, "TMPDIR": str(tmpdir)}
-
-
 def uml_processes(tmpdir: str) -> list[int]:
     """Host processes whose command line names a run directory under tmpdir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"umlroot_run=" + os.fsencode(tmpdir).hex().encode() in cmdline:
-            found.append(int(entry.name))
-    return found
+    marker = b"umlroot_run=" + os.fsencode(tmpdir).hex().encode()
+    return host_processes(lambda proc: marker in (proc / "cmdline").read_bytes())
 
 
 def assert_no_leftovers(env: dict[str, str]) -> None:

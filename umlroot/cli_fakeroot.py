@@ -33,6 +33,9 @@ _IGNORED = "Accepted for fakeroot compatibility and ignored: "
 @click.option("-i", "load", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Start from the state saved in FILE (by -s, or by `umlroot run --state`). "
                    "With -s of the same FILE it is updated in place.")
+@click.option("--net", is_flag=True,
+              help="Give COMMAND a network, as `umlroot run --net` (not a fakeroot option; "
+                   "off by default).")
 @click.option("-u", "--unknown-is-real", is_flag=True,
               help=_IGNORED + "host files always show their real owners here (what fakeroot "
                               "does with -u); files made inside belong to root.")
@@ -44,7 +47,7 @@ _IGNORED = "Accepted for fakeroot compatibility and ignored: "
                               "a real kernel's root)")
 @click.help_option("-h", "--help")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND [ARGS]...]")
-def fakeroot_command(save: Path | None, load: Path | None, unknown_is_real: bool,
+def fakeroot_command(save: Path | None, load: Path | None, net: bool, unknown_is_real: bool,
                      lib: str | None, faked: str | None, fd_base: str | None,
                      command: tuple[str, ...]) -> None:
     """Run COMMAND as root, like fakeroot: what it changes anywhere you may
@@ -54,5 +57,5 @@ def fakeroot_command(save: Path | None, load: Path | None, unknown_is_real: bool
     """
     del unknown_is_real, lib, faked, fd_base  # accepted, meaningless here
     options = FakerootOptions(command=[os.fsencode(arg) for arg in command],
-                              load=load, save=save)
+                              load=load, save=save, net=net)
     sys.exit(run_fakeroot(options))

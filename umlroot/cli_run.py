@@ -51,6 +51,9 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option("--disk", "disks", multiple=True, metavar="PATH[:SIZE][:ro][:name=NAME]",
               help="Attach a host file as a guest block device, /dev/disk/by-umlroot/NAME "
                    "(repeatable, up to 15). SIZE creates or grows it, sparse.")
+@click.option("--net", is_flag=True,
+              help="Give the guest a network (user-mode slirp: no privileges). The host's "
+                   "loopback services are at 10.0.2.2. Off by default: builds stay hermetic.")
 @click.option("--keep-scratch", is_flag=True,
               help="Keep the run directory (scratch disk, kernel log) and print where.")
 @click.option("-v", "--verbose", is_flag=True,
@@ -59,7 +62,7 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
                 metavar="COMMAND [ARGS]...")
 def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
                 writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
-                no_wait: bool, disks: tuple[str, ...], keep_scratch: bool,
+                no_wait: bool, disks: tuple[str, ...], net: bool, keep_scratch: bool,
                 verbose: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as root (uid 0) inside a UML guest that sees the host's files.
 
@@ -70,6 +73,6 @@ def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
         argv=[os.fsencode(arg) for arg in command],
         mem=mem, cpus=cpus, kernel=kernel, verbose=verbose, timeout=timeout,
         keep_scratch=keep_scratch, writable=writable, writeback=not no_writeback,
-        state=state, state_wait=not no_wait, disks=disks,
+        state=state, state_wait=not no_wait, disks=disks, net=net,
     )
     sys.exit(run(options))

@@ -44,6 +44,7 @@ class FakerootOptions:
     command: Sequence[bytes]
     load: Path | None = None
     save: Path | None = None
+    net: bool = False
 
 
 def shell_command(environ: Mapping[bytes, bytes] = os.environb) -> list[bytes]:
@@ -132,7 +133,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def run_fakeroot(options: FakerootOptions) -> int:
     argv = list(options.command) or shell_command()
-    base = RunOptions(argv=argv, writable=(Path("/"),))
+    base = RunOptions(argv=argv, writable=(Path("/"),), net=options.net)
     load, save = options.load, options.save
     if load is not None and save is not None and _same_file(load, save):
         if load.exists():

@@ -8,6 +8,7 @@ library search (ctypes.util.find_library runs a subprocess, ~10 ms).
 from __future__ import annotations
 
 import ctypes
+import signal
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -18,3 +19,12 @@ def checked(result: int, what: str, *args: object) -> int:
     if result < 0:
         raise OSError(ctypes.get_errno(), what, *args)
     return result
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For preexec_fn: if umlroot is killed outright (kill -9), the kernel
+    kills this child too, so a killed run leaves no UML or helper behind."""
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

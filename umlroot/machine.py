@@ -17,9 +17,8 @@ from pathlib import Path
 
 from umlroot import log
 from umlroot.guestmem import uml_environment
-from umlroot.libc import libc
-
-_PR_SET_PDEATHSIG = 1
+from umlroot.libc import die_with_parent
+from umlroot.net import guest_interface
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ class MachineSpec:
     seccomp: bool = True
     quiet: bool = True
     extra: Sequence[str] = field(default_factory=tuple)
+    # --net: the guest's end of the helper's socketpair (umlroot/net.py).
+    net_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
         # say (a user's image could start with a COW header).
         flags = ("r" if disk.read_only else "") + "d"
         argv.append(f"ubd{index}{flags}={disk.path}")
+    if spec.net_fd is not None:
+        argv.append(guest_interface(spec.net_fd))
     argv.extend(spec.extra)
     return argv
 
@@ -97,11 +100,6 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _die_with_parent() -> None:
-    # If umlroot is killed outright, the kernel kills UML too: no leftovers.
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class Machine:
     """One running UML process, in its own process group."""
 
@@ -112,12 +110,13 @@ class Machine:
             self.process = subprocess.Popen(
                 self.argv,
                 stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
-                pass_fds=(channel.guest_reads, channel.guest_writes),
+                pass_fds=(channel.guest_reads, channel.guest_writes,
+                          *([] if spec.net_fd is None else [spec.net_fd])),
                 env=uml_environment(),
                 # Own session: a Ctrl-C on the user's terminal reaches umlroot
                 # (which forwards it to CMD), never UML itself.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - umlroot has no threads
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - umlroot has no threads
             )
 
     @property

@@ -57,6 +57,7 @@ class Request:
     host_gid: int = 0
     verbose: bool = False
     hostname: bytes = b""
+    net: bool = False
     disks: Sequence[DiskLink] = field(default_factory=tuple)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
@@ -80,6 +81,8 @@ class Request:
         yield b"verbose", b"1" if self.verbose else b"0"
         if self.hostname:
             yield b"hostname", self.hostname
+        if self.net:
+            yield b"net", b"1"
         for disk in self.disks:
             yield b"disk", f"{disk.device} {disk.name}".encode()
 

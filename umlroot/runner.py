@@ -30,6 +30,7 @@ from umlroot.machine import (
     UbdDisk,
     raise_nofile_limit,
 )
+from umlroot.net import find_helper, network
 from umlroot.request import DiskLink, Request, TtyFlags
 from umlroot.rundir import run_directory
 from umlroot.scratch import create_scratch
@@ -58,6 +59,9 @@ class RunOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
+    # The guest gets a network (umlroot/net.py); off by default, so builds
+    # stay hermetic unless asked.
+    net: bool = False
 
 
 def _is_under(path: bytes, top: bytes) -> bool:
@@ -127,6 +131,7 @@ def build_request(options: RunOptions, tty: TtyFlags, cwd: bytes, scopes: Sequen
         scopes=scopes, start_ns=time.time_ns(),
         host_uid=os.getuid(), host_gid=os.getgid(),
         verbose=options.verbose, disks=disks, hostname=os.fsencode(socket.gethostname()),
+        net=options.net,
     )
 
 
@@ -279,6 +284,8 @@ def run(options: RunOptions) -> int:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
     cwd = current_directory()
     disk_specs = validate_disks(options.disks)  # bad input fails before anything is built
+    if options.net:
+        find_helper()
     kernel = find_kernel(options.kernel)
     init = build_guest_init()
     cpus = options.cpus
@@ -300,6 +307,7 @@ def run(options: RunOptions) -> int:
             create_scratch(scratch)
         scratch_s = time.monotonic() - started
         disks = attach_disks(disk_specs, run_dir)
+        helper = stack.enter_context(network(run_dir)) if options.net else None
         request = build_request(options, tty, cwd, scopes, disks=disks.links,
                                 persistent=options.state is not None, extra_env=disks.env)
         (run_dir / "request").write_bytes(request.encode())
@@ -308,7 +316,8 @@ def run(options: RunOptions) -> int:
 
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=run_dir,
                            disks=[UbdDisk(scratch), *disks.ubd], mem=options.mem, cpus=cpus,
-                           quiet=not options.verbose, extra=kernel.boot_args)
+                           quiet=not options.verbose, extra=kernel.boot_args,
+                           net_fd=helper.guest_fd if helper else None)
         throwaway = options.state is None and not options.keep_scratch
         config = SessionConfig(run_dir=run_dir, interactive=tty.interactive,
                                pty_to_stdout=tty.stdout, timeout=options.timeout,
