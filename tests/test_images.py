@@ -26,6 +26,9 @@ _PACKAGES = {
     "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs", "mkfs.ext4": "e2fsprogs",
     "fsck.vfat": "dosfstools", "unsquashfs": "squashfs-tools", "fsck.erofs": "erofs-utils",
     "dump.erofs": "erofs-utils", "xorriso": "xorriso", "sfdisk": "fdisk", "mdir": "mtools",
+    "mcopy": "mtools", "btrfs": "btrfs-progs", "xfs_repair": "xfsprogs",
+    "cryptsetup": "cryptsetup-bin", "veritysetup": "cryptsetup-bin",
+    "grub-install": "grub2-common grub-efi-amd64-bin",
 }
 
 
@@ -328,7 +331,8 @@ def run_recipe(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_docs_have_the_recipes() -> None:
-    assert set(recipes()) == {"setup", "ext4", "ext4-fast", "squashfs", "gpt", "tarball"}
+    assert set(recipes()) == {"setup", "ext4", "ext4-fast", "squashfs", "gpt", "tarball",
+                              "btrfs", "xfs", "luks", "verity", "efi"}
 
 
 def assert_console_in_ext4(image: Path) -> None:
@@ -378,3 +382,69 @@ def test_recipe_tarball(tmp_path: Path) -> None:
     console = members["./dev/console"]
     assert console.ischr() and (console.devmajor, console.devminor) == (5, 1)
     assert "./etc/os-release" in members
+
+
+# --- the recipes of issue 14: umlroot mkfs, btrfs, xfs, LUKS, verity, EFI ----
+
+def test_recipe_btrfs(tmp_path: Path) -> None:
+    host_tool("btrfs")
+    run_recipe("btrfs", tmp_path)
+    listing = guest(tmp_path, r"""
+mount -o ro "$UMLROOT_DISK_BTRFS_IMG" /mnt
+btrfs subvolume list /mnt | awk '{print $NF}'
+stat -c '%u:%g %n' /mnt/etc/os-release /mnt/@home/demo/notes.txt /mnt/@home-initial/demo
+test ! -e /mnt/home/demo && echo moved
+""", [f"{tmp_path / 'btrfs.img'}:ro"]).stdout.decode()
+    assert listing.splitlines() == [
+        "@home", "@home-initial",
+        "0:0 /mnt/etc/os-release", "1000:1000 /mnt/@home/demo/notes.txt",
+        "1000:1000 /mnt/@home-initial/demo", "moved"]
+
+
+def test_recipe_xfs(tmp_path: Path) -> None:
+    host_tool("xfs_repair")
+    run_recipe("xfs", tmp_path)
+    out = guest(tmp_path, r"""
+mount -o ro "$UMLROOT_DISK_SRV_IMG" /mnt
+stat -c '%u:%g %a %n' /mnt/www/index.html
+cat /mnt/www/index.html
+""", [f"{tmp_path / 'srv.img'}:ro"]).stdout.decode()
+    assert out == "0:0 644 /mnt/www/index.html\n<h1>hello</h1>\n"
+
+
+def test_recipe_luks(tmp_path: Path) -> None:
+    host_tool("cryptsetup")
+    result = run_recipe("luks", tmp_path)
+    assert result.stdout.endswith("top secret\n")
+    ((part_type, part),) = extract_partitions(tmp_path / "disk.img")
+    assert part_type == "CA7D7CCB-63ED-4C53-861C-1742536059CC"
+    dump = host("cryptsetup", "luksDump", str(part)).stdout
+    assert re.search(r"^Version:\s+2$", dump, re.MULTILINE), dump
+    # Nothing of the content is readable without the key.
+    assert b"top secret" not in (tmp_path / "disk.img").read_bytes()
+
+
+def test_recipe_verity(tmp_path: Path) -> None:
+    host_tool("veritysetup")
+    result = run_recipe("verity", tmp_path)
+    assert result.stdout.endswith("hello from app\n")
+    root_hash = (tmp_path / "app.roothash").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", root_hash)
+    host("fsck.erofs", str(tmp_path / "app.raw"))
+    wrong = "0" * 64
+    assert host("veritysetup", "verify", str(tmp_path / "app.raw"),
+                str(tmp_path / "app.verity"), wrong, check=False).returncode != 0
+
+
+def test_recipe_efi(tmp_path: Path) -> None:
+    host_tool("grub-install")
+    host_tool("mcopy")
+    listing = run_recipe("efi", tmp_path).stdout
+    assert "EFI System" in listing
+    ((part_type, esp),) = extract_partitions(tmp_path / "efi.img")
+    assert part_type == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    host("fsck.vfat", "-n", str(esp))
+    loader = tmp_path / "BOOTX64.EFI"
+    host("mcopy", "-i", str(esp), "::/EFI/BOOT/BOOTX64.EFI", str(loader))
+    assert loader.read_bytes()[:2] == b"MZ"  # a PE/COFF executable
+    assert "x86_64-efi" in host("mdir", "-i", str(esp), "-b", "::/boot/grub").stdout

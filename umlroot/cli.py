@@ -1,4 +1,5 @@
-"""Command line: `umlroot run`, `umlroot fakeroot`, `umlroot kernel ...`, `umlroot doctor`, `umlroot state ...`.
+"""Command line: `umlroot run`, `umlroot fakeroot`, `umlroot kernel ...`, `umlroot doctor`,
+`umlroot state ...`, `umlroot mkfs`.
 
 Each command parses its options into a frozen dataclass and hands it to the
 module that does the work; this file only translates errors into one line
@@ -81,6 +82,7 @@ def cli(debug: bool) -> None:
 def _register_commands() -> None:
     from umlroot.cli_fakeroot import fakeroot_command
     from umlroot.cli_kernel import doctor_command, kernel_group
+    from umlroot.cli_mkfs import mkfs_command
     from umlroot.cli_run import run_command
     from umlroot.cli_state import state_group
 
@@ -89,6 +91,7 @@ def _register_commands() -> None:
     cli.add_command(kernel_group)
     cli.add_command(doctor_command)
     cli.add_command(state_group)
+    cli.add_command(mkfs_command)
 
 
 _register_commands()
