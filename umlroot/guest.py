@@ -548,6 +548,10 @@ class Guest:
         self._closed = True
         self._finalizer()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "gone" if self._dead else "running"
+        return f"<umlroot.Guest {state}, run directory {self.run_dir}>"
+
     def __enter__(self) -> Self:
         return self
 
