@@ -142,6 +142,7 @@ print(digest.hexdigest())
 
 
 @uml
+@pytest.mark.container
 def test_download_from_a_host_loopback_server_is_intact(
         tmp_path: Path, private_tmp: dict[str, str], served: tuple[int, str]) -> None:
     port, sha256 = served
