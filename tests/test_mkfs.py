@@ -125,6 +125,7 @@ def user_tree(tmp_path: Path) -> Path:
     (["--size", "12Q"], "not a size"),
     (["--label", "TOO-LONG-LABEL", "--fstype=vfat"], "vfat takes 1 to 11 bytes"),
     (["--label", "x", "--fstype=squashfs"], "squashfs images have no label"),
+    (["--label", "x", "--fstype=erofs"], "mkfs.erofs -L needs erofs-utils 1.6"),
     (["--luks", "empty.key"], "the key file is empty"),
 ])
 def test_bad_combinations_are_one_line_errors(tmp_path: Path, user_tree: Path,

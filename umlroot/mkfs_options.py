@@ -166,6 +166,11 @@ def _check_apart(source: Path, output: Path) -> None:
 
 def _check_label(fstype: FsType, label: str) -> None:
     limit = LABEL_MAX.get(fstype)
+    if fstype is FsType.EROFS:
+        # The erofs superblock has a volume name, but only erofs-utils 1.6+
+        # can set it (mkfs.erofs -L); Debian 12 has 1.5.
+        raise _refuse("--label: umlroot does not set erofs labels (mkfs.erofs -L needs "
+                      "erofs-utils 1.6 or newer)")
     if limit is None:
         raise _refuse(f"--label: {fstype} images have no label")
     if not label or len(label.encode()) > limit:
