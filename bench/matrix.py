@@ -13,6 +13,7 @@ Workloads (inputs are made once, natively, before anything is timed):
     dpkg-extract  dpkg-deb --fsys-tarfile | tar -x of 100 packages
     make-j2       make -j2 of a 41-file C project
     threads       a C thread pool: 4 threads, 5,000 batches of 16 small tasks
+    spawn         a shell loop running /bin/true 1,000 times
 
 Variants: `native` (this user; as root when the workload needs root and the
 benchmark runs as root, else skipped), `fakeroot` (where it applies), and
@@ -79,6 +80,9 @@ WORKLOADS = [
              "dpkg-deb --fsys-tarfile $deb | tar -xf - -C x || exit 1; done && rm -rf x"),
     Workload("make-j2", "make -s -j2 -C cproj && make -s -C cproj clean"),
     Workload("threads", "./threadpool 4 5000 16 5000 > /dev/null"),
+    # Process creation alone: what dpkg's maintainer scripts, make and
+    # debhelper do hundreds of times.
+    Workload("spawn", 'i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done'),
 ]
 
 VARIANTS = ("native", "fakeroot", "uml1", "uml2", "uml4", "uml2-pinned")
