@@ -420,6 +420,30 @@ static void make_command_namespace(void)
 		fail("chdir /", errno);
 }
 
+/* A read fault on a file mapping also maps the cached pages around it, up
+ * to fault_around_bytes (64 KiB by default; only debugfs can change it). In
+ * UML each fault is a round trip through the host, so mapping more per fault
+ * is cheaper: 256 KiB cuts a spawn of /bin/true from 47 faults to 38
+ * (docs/kernel.md). Best effort: a kernel without debugfs keeps 64 KiB. */
+static void raise_fault_around(void)
+{
+	const char *dir = "/run/s/debugfs";
+	char path[64];
+	int fd;
+
+	if (mkdir(dir, 0700) < 0 || mount("debugfs", dir, "debugfs", 0, NULL) < 0)
+		return;
+	snprintf(path, sizeof(path), "%s/fault_around_bytes", dir);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, "262144", 6) != 6)
+			klog("fault_around_bytes: %s\n", strerror(errno));
+		close(fd);
+	}
+	umount(dir);
+	rmdir(dir);
+}
+
 static void boot(void)
 {
 	char run_dir[4096];
@@ -433,6 +457,7 @@ static void boot(void)
 		fail("mkdir /run/s", errno);
 	do_mount("mount run dir", "none", "/run/s/io", "hostfs", MS_NOSUID | MS_NODEV, run_dir);
 	read_request("/run/s/io/request", machine_buf, sizeof(machine_buf), 0);
+	raise_fault_around();
 	if (mkdir("/run/s/new", 0755) < 0)
 		fail("mkdir /run/s/new", errno);
 	mount_root();

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_umlroot
 
 from umlroot.errors import UmlrootError
 from umlroot.kernel import probe
@@ -53,3 +54,13 @@ def test_distro_kernel_fp_problem_is_named() -> None:
         assert result.uptime is not None, result.explain()
     else:
         assert result.status is probe.ProbeStatus.FP_REGS, result.explain()
+
+
+def test_guest_init_raises_fault_around(tmp_path: Path) -> None:
+    """The init sets fault_around_bytes to 256 KiB (through debugfs, which it
+    unmounts again): fewer page faults, each a host round trip in UML."""
+    script = ("grep -c ' debugfs ' /proc/mounts; mount -t debugfs none /sys/kernel/debug && "
+              "cat /sys/kernel/debug/fault_around_bytes")
+    result = run_umlroot(["run", "--", "sh", "-c", script], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"0", b"262144"]
