@@ -10,35 +10,22 @@ mkfs`) build a RunOptions and call run().
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from umlroot import log
 from umlroot.errors import ExitCode, TimeoutExpired, UmlrootError
+from umlroot.guest import GuestOptions
 from umlroot.process import run as run_api
 from umlroot.writeback import print_report
 
 
-@dataclass(frozen=True)
-class RunOptions:
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(GuestOptions):
+    """`umlroot run`'s options: the machine's (GuestOptions, one definition
+    for the CLI and the API) plus the command and its timeout."""
+
     argv: Sequence[bytes]
-    mem: str = "1G"
-    # One guest CPU by default: in UML's seccomp mode the threads of one
-    # process take turns in its stub, so a second CPU only helps separate
-    # processes (make -j), and costs threaded ones (docs/kernel.md, issue 9).
-    cpus: int = 1
-    kernel: Path | None = None
-    verbose: bool = False
     timeout: float | None = None
-    keep_scratch: bool = False
-    writable: Sequence[Path] = ()
-    writeback: bool = True
-    state: Path | None = None
-    state_wait: bool = True
-    disks: Sequence[str] = field(default_factory=tuple)
-    # The guest gets a network (umlroot/net.py); off by default, so builds
-    # stay hermetic unless asked.
-    net: bool = False
 
 
 def run(options: RunOptions) -> int:
@@ -47,8 +34,9 @@ def run(options: RunOptions) -> int:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
     try:
         result = run_api(
-            options.argv, mem=options.mem, cpus=options.cpus, kernel=options.kernel,
-            timeout=options.timeout, writable=options.writable, writeback=options.writeback,
+            options.argv, cwd=options.cwd, timeout=options.timeout,
+            mem=options.mem, cpus=options.cpus, kernel=options.kernel,
+            writable=options.writable, writeback=options.writeback,
             state=options.state, state_wait=options.state_wait, disks=options.disks,
             net=options.net, keep_scratch=options.keep_scratch, verbose=options.verbose,
             forward_signals=True)
