@@ -35,7 +35,6 @@ from umlroot import log
 from umlroot.errors import UmlrootError
 from umlroot.libc import die_with_parent, from_long_lived_thread
 
-GUEST_ADDRESS = "10.0.2.15"
 HOST_ADDRESS = "10.0.2.2"
 DNS_ADDRESS = "10.0.2.3"
 # Jumbo frames: vde_plug relays frames through a 9234-byte buffer (VDE's
@@ -49,8 +48,9 @@ SLIRP_URL = f"slirp:///v4/mtu={MTU}/mru={MTU}"
 SOCKET_BUFFER = 4 << 20
 
 HELPER = "vde_plug"
-PACKAGES = "vdeplug and libvdeplug-slirp"
-MISSING_HINT = f"install the Debian packages {PACKAGES} (apt-get install {PACKAGES.replace(' and ', ' ')})"
+PACKAGES = ("vdeplug", "libvdeplug-slirp")
+MISSING_HINT = (f"install the Debian packages {' and '.join(PACKAGES)} "
+                f"(apt-get install {' '.join(PACKAGES)})")
 # How long the helper may take to answer its first frame (it answers in
 # about 3 ms; a loaded CI host is given much more).
 PROBE_TIMEOUT = 5.0
