@@ -31,6 +31,9 @@ from umlroot.kernel.select import KernelChoice, find_kernel
 DEFAULT_MEM = "1G"
 GUEST_MEMORY_BYTES = 1 << 30
 MIN_NOFILE_HARD = 4096
+# Less room than this where scratch disks go is worth a warning: a package
+# build or an image writes that much.
+SCRATCH_LOW = 2 * 2**30
 
 
 class Status(enum.Enum):
@@ -183,6 +186,25 @@ def check_memory_dir(directory: Path) -> Check:
     return Check(MEMORY_CHECK, Status.OK, detail)
 
 
+def check_scratch_space() -> Check:
+    """Where scratch disks go, on what, and how much room there is."""
+    parent = rundir.parent_dir()
+    kind = rundir.filesystem_type(parent) or "unknown filesystem"
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError as error:
+        return Check("scratch space", Status.FAIL, f"{parent}: {error.strerror}",
+                     "set TMPDIR to a directory you can write")
+    detail = f"{parent} ({kind}, {free / 2**30:.1f} GiB free)"
+    if kind in rundir.MEMORY_FILESYSTEMS:
+        return Check("scratch space", Status.WARN, detail + ": in memory, so what a command "
+                     "writes costs RAM twice", "set TMPDIR to a directory on disk")
+    if free < SCRATCH_LOW:
+        return Check("scratch space", Status.WARN, detail + ": a command that writes more "
+                     "fails (exit 125)", "set TMPDIR to a larger filesystem")
+    return Check("scratch space", Status.OK, detail)
+
+
 def check_run_dirs() -> Check:
     """Sweep the run directories of killed runs (the next `run` would too)."""
     swept = rundir.sweep_stale()
@@ -254,6 +276,7 @@ def collect(echo: Callable[[Check], None]) -> list[Check]:
     add(check_memory(choice, boot))
     add(check_guest_init())
     add(check_build_tools(choice is not None))
+    add(check_scratch_space())
     add(check_run_dirs())
     add(check_network())
     add(check_nofile())
