@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from umlroot.cache import exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store
 from umlroot.kernel.build import install
+from umlroot.kernel.download import file_sha256 as _sha256
 from umlroot.kernel.fragment import fragment_text
 from umlroot.kernel.patches import build_id, carried
 from umlroot.kernel.select import Origin, describe_binary, find_kernel
@@ -56,14 +56,6 @@ MAX_MEMBER_BYTES = 256 << 20
 
 def _fail(message: str, hint: str | None = None) -> UmlrootError:
     return UmlrootError(message, hint=hint, exit_code=ExitCode.FAILED)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +108,17 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, f)
 
 
-def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """What an export archive or a kernel wheel carries."""
+
+    kernel: Path
+    init: Path
+    manifest: Manifest
+
+
+def bundle(explicit: Path | None = None) -> Bundle:
+    """A cached kernel, this umlroot's guest init (built if needed) and their manifest."""
     entry = _cached_entry(explicit)
     init = guestinit.build_guest_init()
     # Say which patches it carries even where an older record did not.
@@ -125,6 +127,12 @@ def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
     manifest = Manifest(FORMAT, __version__, platform.machine(), record,
                         guestinit.source_hash(guestinit.sources()),
                         {KERNEL: _sha256(entry.binary), INIT: _sha256(init)})
+    return Bundle(entry.binary, init, manifest)
+
+
+def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
+    parts = bundle(explicit)
+    manifest = parts.manifest
     destination = destination.absolute()
     # Written next to the destination and renamed: a cache step that reads
     # the file never sees half an archive.
@@ -137,8 +145,8 @@ def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
             info.size = len(text)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(text))
-            _add_file(tar, KERNEL, entry.binary)
-            _add_file(tar, INIT, init)
+            _add_file(tar, KERNEL, parts.kernel)
+            _add_file(tar, INIT, parts.init)
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, destination)
     except BaseException:
@@ -146,7 +154,7 @@ def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
             os.unlink(tmp_name)
         raise
     size = destination.stat().st_size
-    log.say(f"exported kernel {entry.record.version} (build {entry.record.fragment_hash}) "
+    log.say(f"exported kernel {manifest.record.version} (build {manifest.record.fragment_hash}) "
             f"and guest init {manifest.init_hash} to {destination} ({size / 2**20:.1f} MiB)")
     return manifest
 
