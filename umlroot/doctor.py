@@ -12,6 +12,8 @@ import enum
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -155,6 +157,21 @@ def check_guest_init() -> Check:
     except Exception as error:  # noqa: BLE001 - doctor reports, it does not crash
         return Check(name, Status.FAIL, f"building the guest init failed: "
                      f"{type(error).__name__}: {error}", "rerun with --debug")
+
+
+def compile_static_probe(name: str) -> Check:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return Check(name, Status.FAIL, "no C compiler", "install gcc (Debian: gcc libc6-dev)")
+    with tempfile.TemporaryDirectory(prefix="umlroot-doctor-") as tmp:
+        src = Path(tmp) / "t.c"
+        src.write_text("int main(void) { return 0; }\n")
+        done = subprocess.run([cc, "-static", "-o", str(Path(tmp) / "t"), str(src)],
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return Check(name, Status.FAIL, f"{cc} -static fails: {done.stderr.strip()[-200:]}",
+                     "install static libc (Debian: libc6-dev)")
+    return Check(name, Status.OK, f"{cc} links static programs")
 
 
 def check_build_tools(have_kernel: bool) -> Check:
