@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from umlroot import __version__, guestinit, log
 from umlroot.cache import exclusive_lock
@@ -130,29 +131,36 @@ def bundle(explicit: Path | None = None) -> Bundle:
     return Bundle(entry.binary, init, manifest)
 
 
-def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
-    parts = bundle(explicit)
-    manifest = parts.manifest
-    destination = destination.absolute()
-    # Written next to the destination and renamed: a cache step that reads
-    # the file never sees half an archive.
+@contextlib.contextmanager
+def replaced_atomically(destination: Path) -> Iterator[BinaryIO]:
+    """A file written next to `destination` and renamed over it when the block
+    ends (removed if it raises): a cache step that reads the file never sees
+    half of it."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz",
-                                                               compresslevel=6) as tar:
-            text = manifest.to_json().encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(text)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(text))
-            _add_file(tar, KERNEL, parts.kernel)
-            _add_file(tar, INIT, parts.init)
+        with os.fdopen(fd, "wb") as raw:
+            yield raw
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, destination)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+
+
+def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
+    parts = bundle(explicit)
+    manifest = parts.manifest
+    destination = destination.absolute()
+    with replaced_atomically(destination) as raw, \
+            tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+        text = manifest.to_json().encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(text)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(text))
+        _add_file(tar, KERNEL, parts.kernel)
+        _add_file(tar, INIT, parts.init)
     size = destination.stat().st_size
     log.say(f"exported kernel {manifest.record.version} (build {manifest.record.fragment_hash}) "
             f"and guest init {manifest.init_hash} to {destination} ({size / 2**20:.1f} MiB)")

@@ -18,14 +18,12 @@ musllinux 1.1 tags, since it needs no libc at all.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime
 import hashlib
 import os
 import re
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -262,20 +260,12 @@ def make_wheel(directory: Path, explicit: Path | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     destination = directory.absolute() / f"{pkg}-{version}-py3-none-{tag}.whl"
     when = _date_time(manifest.record.built_at)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as wheel:
-            for path, data, executable in files:
-                info = zipfile.ZipInfo(path, date_time=when)
-                info.external_attr = (0o100755 if executable else 0o100644) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                wheel.writestr(info, data, compresslevel=9)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    with archive.replaced_atomically(destination) as raw, zipfile.ZipFile(raw, "w") as whl:
+        for path, data, executable in files:
+            info = zipfile.ZipInfo(path, date_time=when)
+            info.external_attr = (0o100755 if executable else 0o100644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            whl.writestr(info, data, compresslevel=9)
     size = destination.stat().st_size / 2**20
     log.say(f"wrote {destination} ({size:.1f} MiB; kernel {manifest.record.version}, build "
             f"{manifest.record.fragment_hash}, guest init {manifest.init_hash}, {tag})")
