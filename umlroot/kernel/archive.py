@@ -95,7 +95,9 @@ def _cached_entry(explicit: Path | None) -> store.Entry:
     for entry in store.installed():
         if entry.binary.resolve() == choice.path.resolve():
             return entry
-    how = "it was named by path" if choice.origin is not Origin.CACHE else "it has no record"
+    how = {Origin.CACHE: "it has no record",
+           Origin.WHEEL: "it is the installed umlroot-kernel wheel's, which is packed already",
+           }.get(choice.origin, "it was named by path")
     raise _fail(f"{choice.path} is not a kernel built by `umlroot kernel build` ({how})",
                 "export a kernel from the cache (`umlroot kernel info` shows which)")
 
