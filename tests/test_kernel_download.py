@@ -277,3 +277,22 @@ def test_cli_failures(server: tuple[str, Behaviour], tmp_path: Path, case: str) 
             "no-network": "Connection refused"}[case] in errors[0]
     assert leftovers(tmp_path / "cache") == []
     assert not list((tmp_path / "cache").glob("build/*"))
+
+
+def test_debian_host_or_mirror_keeps_the_debian_path(cache: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel.org fallback only where Debian cannot work: --mirror, or a Debian host."""
+    no_debian_host(monkeypatch, download.Pinned("7.3.4", "https://example.invalid/x.tar.xz", None))
+
+    class Asked(Exception):
+        pass
+
+    def debian(*args: object) -> None:
+        raise Asked
+
+    monkeypatch.setattr(ksource, "find_debian_package", debian)
+    with pytest.raises(Asked):
+        build.plan_source(build.BuildOptions(mirror="http://mirror.invalid/debian"))
+    monkeypatch.setattr(ksource, "can_use_debian_archive", lambda: True)
+    with pytest.raises(Asked):
+        build.plan_source(build.BuildOptions())
