@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from umlroot.mkfs_options import FsType
-from umlroot.mkfs_size import filesystem_size, measure_directory
+from umlroot.images.options import FsType
+from umlroot.images.size import filesystem_size, measure_directory
 
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 UMLROOT = os.environ.get("UMLROOT", f"{sys.executable} -m umlroot").split()

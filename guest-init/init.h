@@ -63,7 +63,7 @@ struct request {
 
 /* The guest's network (net.c). slirp's fixed addresses: the guest, its
  * netmask, the host (gateway; the host's 127.0.0.1 is reachable there), and
- * slirp's DNS proxy. umlroot/net.py documents the same numbers. */
+ * slirp's DNS proxy. umlroot/guest/net.py documents the same numbers. */
 #define UR_NET_GUEST "10.0.2.15"
 #define UR_NET_NETMASK "255.255.255.0"
 #define UR_NET_HOST "10.0.2.2"

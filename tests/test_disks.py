@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_umlroot
 
-from umlroot.disks import (
+from umlroot.guest.disks import (
     MAX_DISKS,
     DiskSpec,
     default_name,
@@ -21,8 +21,8 @@ from umlroot.disks import (
     prepare_disks,
 )
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.machine import UbdDisk
-from umlroot.request import DiskLink
+from umlroot.guest.machine import UbdDisk
+from umlroot.guest.request import DiskLink
 
 
 @pytest.mark.parametrize(("text", "size"), [

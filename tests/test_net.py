@@ -1,4 +1,4 @@
-"""`--net`: the guest's network through a user-mode slirp (umlroot/net.py).
+"""`--net`: the guest's network through a user-mode slirp (umlroot/guest/net.py).
 
 Everything here talks to servers on the host's loopback only: CI has no
 network to rely on. The helper (vde_plug) is real in every test.
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import UMLROOT, host_processes, run_umlroot
 
-from umlroot import net
+from umlroot.guest import net
 from umlroot.errors import UmlrootError
-from umlroot.machine import ChannelFds, MachineSpec, kernel_command_line
-from umlroot.request import MachineRequest
+from umlroot.guest.machine import ChannelFds, MachineSpec, kernel_command_line
+from umlroot.guest.request import MachineRequest
 
 # -- pure logic ---------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from umlroot.errors import (
     TimeoutExpired,
     UmlrootError,
 )
-from umlroot.guest import Guest
-from umlroot.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen, run
-from umlroot.writeback import WritebackReport
+from umlroot.guest.handle import Guest
+from umlroot.guest.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen, run
+from umlroot.guest.writeback import WritebackReport
 
 __version__ = "0.1.0"
 

@@ -35,7 +35,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from umlroot import __version__, guestinit, log
+from umlroot import __version__, log
+from umlroot.kernel import guest_init as guestinit
 from umlroot.cache import exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from umlroot import guestmem, log
+from umlroot import log
+from umlroot.kernel import memory as guestmem
 from umlroot.cache import cache_dir
 from umlroot.errors import UmlrootError
 

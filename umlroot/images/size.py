@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from umlroot.errors import UmlrootError
-from umlroot.mkfs_options import (
+from umlroot.images.options import (
     MIB,
     FsType,
     MkfsOptions,

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from umlroot.errors import CalledProcessError, ExitCode, GuestError, TimeoutExpired
-from umlroot.guest import BootTimeout, CommandSpec, Guest, GuestOptions, resolve_cwd
-from umlroot.request import TtyFlags
-from umlroot.session import (
+from umlroot.guest.handle import BootTimeout, CommandSpec, Guest, GuestOptions, resolve_cwd
+from umlroot.guest.request import TtyFlags
+from umlroot.guest.session import (
     BufferSink,
     CommandIO,
     CommandSession,
@@ -36,8 +36,8 @@ from umlroot.session import (
     SignalForwarder,
     Sink,
 )
-from umlroot.terminal import raw_mode, window_size
-from umlroot.writeback import WritebackReport
+from umlroot.guest.terminal import raw_mode, window_size
+from umlroot.guest.writeback import WritebackReport
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from umlroot.errors import UmlrootError
-from umlroot.mkfs_options import FsType
+from umlroot.images.options import FsType
 
 SQUASHFS_MAGIC = b"hsqs"
 EROFS_MAGIC = 0xE0F5E1E2

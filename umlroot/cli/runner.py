@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from umlroot import log
 from umlroot.errors import ExitCode, TimeoutExpired, UmlrootError
-from umlroot.guest import GuestOptions
-from umlroot.process import run as run_api
-from umlroot.writeback import print_report
+from umlroot.guest.handle import GuestOptions
+from umlroot.guest.process import run as run_api
+from umlroot.guest.writeback import print_report
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from umlroot.channel import ControlChannel
-from umlroot.inotify import DirectoryWatch
+from umlroot.guest.channel import ControlChannel
+from umlroot.guest.inotify import DirectoryWatch
 from umlroot.libc import libc
-from umlroot.machine import Machine
-from umlroot.terminal import window_size
+from umlroot.guest.machine import Machine
+from umlroot.guest.terminal import window_size
 
 if TYPE_CHECKING:
     from typing_extensions import Self

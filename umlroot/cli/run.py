@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from umlroot.runner import RunOptions, run
+from umlroot.cli.runner import RunOptions, run
 
 _MEM_RE = re.compile(r"^[1-9][0-9]*[KMG]?$")
 

@@ -80,11 +80,11 @@ def cli(debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from umlroot.cli_fakeroot import fakeroot_command
-    from umlroot.cli_kernel import doctor_command, kernel_group
-    from umlroot.cli_mkfs import mkfs_command
-    from umlroot.cli_run import run_command
-    from umlroot.cli_state import state_group
+    from umlroot.cli.fakeroot import fakeroot_command
+    from umlroot.cli.kernel import doctor_command, kernel_group
+    from umlroot.cli.mkfs import mkfs_command
+    from umlroot.cli.run import run_command
+    from umlroot.cli.state import state_group
 
     cli.add_command(run_command)
     cli.add_command(fakeroot_command)

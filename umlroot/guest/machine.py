@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot import log
-from umlroot.guestmem import uml_environment
+from umlroot.kernel.memory import uml_environment
 from umlroot.libc import die_with_parent, from_long_lived_thread
-from umlroot.net import guest_interface
+from umlroot.guest.net import guest_interface
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MachineSpec:
     seccomp: bool = True
     quiet: bool = True
     extra: Sequence[str] = field(default_factory=tuple)
-    # --net: the guest's end of the helper's socketpair (umlroot/net.py).
+    # --net: the guest's end of the helper's socketpair (umlroot/guest/net.py).
     net_fd: int | None = None
 
 

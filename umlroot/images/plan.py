@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umlroot.mkfs_options import FsType, MkfsOptions, Owners, Partitioning, SourceKind
-from umlroot.mkfs_size import GPT_HEAD, Content, ext4_inodes
+from umlroot.images.options import FsType, MkfsOptions, Owners, Partitioning, SourceKind
+from umlroot.images.size import GPT_HEAD, Content, ext4_inodes
 
 DISK_NAME = "umlroot-mkfs"
 GUEST_DISK = f"/dev/disk/by-umlroot/{DISK_NAME}"

@@ -31,7 +31,7 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.scratch import find_tool, format_ext4
+from umlroot.guest.scratch import find_tool, format_ext4
 
 STATE_SIZE = 64 << 30
 META_NAME = "umlroot-state"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from umlroot.mkfs import make_image
-from umlroot.mkfs_options import FsType, MkfsOptions, Partitioning, SizeSpec, parse_size
+from umlroot.images.mkfs import make_image
+from umlroot.images.options import FsType, MkfsOptions, Partitioning, SizeSpec, parse_size
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> SizeSpec | None:

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from umlroot import guestmem, log
-from umlroot.channel import BootFailed, ControlChannel
-from umlroot.diagnose import FailureContext, guest_failure, seccomp_refused
-from umlroot.disks import DiskSpec, attach_disks, validate_disks
+from umlroot import log
+from umlroot.kernel import memory as guestmem
+from umlroot.guest.channel import BootFailed, ControlChannel
+from umlroot.guest.diagnose import FailureContext, guest_failure, seccomp_refused
+from umlroot.guest.disks import DiskSpec, attach_disks, validate_disks
 from umlroot.errors import (
     ExitCode,
     GuestBusyError,
@@ -41,35 +42,35 @@ from umlroot.errors import (
     GuestError,
     UmlrootError,
 )
-from umlroot.guestinit import build_guest_init
-from umlroot.inotify import DirectoryWatch
-from umlroot.machine import (
+from umlroot.kernel.guest_init import build_guest_init
+from umlroot.guest.inotify import DirectoryWatch
+from umlroot.guest.machine import (
     ChannelFds,
     Machine,
     MachineSpec,
     UbdDisk,
     raise_nofile_limit,
 )
-from umlroot.net import find_helper, network
-from umlroot.request import CommandRequest, MachineRequest, TtyFlags
-from umlroot.rundir import run_directory
-from umlroot.scratch import create_scratch
-from umlroot.session import (
+from umlroot.guest.net import find_helper, network
+from umlroot.guest.request import CommandRequest, MachineRequest, TtyFlags
+from umlroot.guest.rundir import run_directory
+from umlroot.guest.scratch import create_scratch
+from umlroot.guest.session import (
     CommandIO,
     CommandSession,
     Result,
     SessionLimits,
     SignalForwarder,
 )
-from umlroot.state import open_state
-from umlroot.writeback import WritebackReport
-from umlroot.writeback import load as load_report
+from umlroot.guest.state import open_state
+from umlroot.guest.writeback import WritebackReport
+from umlroot.guest.writeback import load as load_report
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from umlroot.kernel.select import KernelChoice
-    from umlroot.process import Arg, CompletedProcess, Env, File, Popen
+    from umlroot.guest.process import Arg, CompletedProcess, Env, File, Popen
 
 BOOT_TIMEOUT = 60.0
 _SBIN_DIRS = (b"/usr/local/sbin", b"/usr/sbin", b"/sbin")
@@ -92,7 +93,7 @@ class GuestOptions:
     state: Path | None = None
     state_wait: bool = True
     disks: Sequence[str] = field(default_factory=tuple)
-    # A network (umlroot/net.py); off by default, so builds stay hermetic.
+    # A network (umlroot/guest/net.py); off by default, so builds stay hermetic.
     net: bool = False
     keep_scratch: bool = False
     verbose: bool = False
@@ -450,7 +451,7 @@ class Guest:
         """Run a command as root and wait for it, like subprocess.run. On
         `timeout` the command (its process group, then whatever it left) is
         killed and TimeoutExpired raised; the guest lives on."""
-        from umlroot.process import maybe_forward, run_in
+        from umlroot.guest.process import maybe_forward, run_in
 
         with maybe_forward(forward_signals) as signals:
             return run_in(self, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
@@ -460,7 +461,7 @@ class Guest:
     def popen(self, args: Arg | Sequence[Arg], *, stdin: File = None, stdout: File = None,
               stderr: File = None, cwd: Arg | None = None, env: Env | None = None) -> Popen:
         """Start a command and return at once, like subprocess.Popen."""
-        from umlroot.process import Popen
+        from umlroot.guest.process import Popen
 
         return Popen(self, args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from umlroot import guestmem
+from umlroot.kernel import memory as guestmem
 from umlroot.errors import GuestError
 
 LOG_TAIL_LINES = 15

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from umlroot import guestmem, net, rundir
+from umlroot.guest import net, rundir
+from umlroot.kernel import memory as guestmem
 from umlroot.errors import UmlrootError
 from umlroot.kernel import probe
 from umlroot.kernel.build import REQUIRED_TOOLS, missing_tools
@@ -109,7 +110,7 @@ def boot_checks(choice: KernelChoice) -> BootReport:
 def check_guest_init() -> Check:
     name = "C compiler + static libc"
     try:
-        guestinit = importlib.import_module("umlroot.guestinit")
+        guestinit = importlib.import_module("umlroot.kernel.guest_init")
     except ImportError:
         guestinit = None
     try:

@@ -102,7 +102,7 @@ def import_command(file: Path, require_current: bool) -> None:
 @click.command("doctor")
 def doctor_command() -> None:
     """Check that this machine can run `umlroot run`; one line per check."""
-    from umlroot.doctor import run_doctor
+    from umlroot.cli.doctor import run_doctor
 
     ok = run_doctor()
     raise SystemExit(ExitCode.OK if ok else ExitCode.FAILED)

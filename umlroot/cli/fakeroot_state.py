@@ -29,9 +29,9 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import exclusive_lock
 from umlroot.errors import UmlrootError
-from umlroot.rundir import parent_dir
-from umlroot.runner import RunOptions, run
-from umlroot.state import read_info
+from umlroot.guest.rundir import parent_dir
+from umlroot.cli.runner import RunOptions, run
+from umlroot.guest.state import read_info
 
 DEFAULT_SHELL = "/bin/sh"
 # fakeroot's own save files are text: "dev=...,ino=...,mode=...".

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from umlroot import log
 from umlroot.errors import UmlrootError
-from umlroot.mkfs_size import GPT_HEAD, GPT_TAIL
-from umlroot.scratch import find_tool
+from umlroot.images.size import GPT_HEAD, GPT_TAIL
+from umlroot.guest.scratch import find_tool
 
 SECTOR = 512
 _COPY_CHUNK = 1 << 30

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from umlroot import __version__
-from umlroot.fakeroot import FakerootOptions, run_fakeroot
+from umlroot.cli.fakeroot_state import FakerootOptions, run_fakeroot
 
 _IGNORED = "Accepted for fakeroot compatibility and ignored: "
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umlroot.errors import UmlrootError
-from umlroot.machine import UbdDisk
-from umlroot.request import DiskLink
+from umlroot.guest.machine import UbdDisk
+from umlroot.guest.request import DiskLink
 
 MAX_DISKS = 15  # UML's UBD driver has 16 devices; ubd0 is the scratch disk
 SECTOR = 512

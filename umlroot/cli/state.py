@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from umlroot.state import format_info, read_info
+from umlroot.guest.state import format_info, read_info
 
 
 @click.group("state")

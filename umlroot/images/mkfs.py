@@ -24,18 +24,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from umlroot import _guest_mkfs, log
+from umlroot import log
+from umlroot.images import _guest_mkfs
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.gpt import wrap_in_gpt, write_gpt
-from umlroot.imagesize import image_length
-from umlroot.mkfs_options import (
+from umlroot.images.gpt import wrap_in_gpt, write_gpt
+from umlroot.images.length import image_length
+from umlroot.images.options import (
     MkfsOptions,
     Partitioning,
     SourceKind,
     check_combination,
     source_kind,
 )
-from umlroot.mkfs_plan import (
+from umlroot.images.plan import (
     DISK_NAME,
     PACKAGES,
     Plan,
@@ -43,10 +44,10 @@ from umlroot.mkfs_plan import (
     make_plan,
     partition_type,
 )
-from umlroot.mkfs_size import Content, image_size, measure
-from umlroot.runner import RunOptions, run
-from umlroot.scratch import find_tool
-from umlroot.state import read_info
+from umlroot.images.size import Content, image_size, measure
+from umlroot.cli.runner import RunOptions, run
+from umlroot.guest.scratch import find_tool
+from umlroot.guest.state import read_info
 
 # The guest has its own /run, /dev, /proc and /sys: host files there are
 # out of its sight. /tmp is the host's only when umlroot runs from there.
