@@ -17,10 +17,10 @@ from umlroot.guest.disks import (
     default_name,
     env_name,
     parse_disk_spec,
-    parse_size,
     prepare_disks,
 )
 from umlroot.errors import ExitCode, UmlrootError
+from umlroot.sizes import parse_size
 from umlroot.guest.machine import UbdDisk
 from umlroot.guest.request import DiskLink
 

@@ -22,7 +22,7 @@ from conftest import UMLROOT, run_umlroot
 from mkfs_manifest import from_directory, from_tarball
 from test_images import extract_partitions, host
 
-from umlroot.images._guest_mkfs import summary
+from umlroot.images.mkfs import summary
 from umlroot.images.length import image_length
 from umlroot.images.options import FsType, MkfsOptions, Owners, SourceKind, parse_size
 from umlroot.images.plan import host_only

@@ -10,7 +10,7 @@ import pytest
 from umlroot.guest.diagnose import FailureContext, guest_failure, seccomp_refused
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.cli.fakeroot_state import copy_sparse, shell_command
-from umlroot.guest.handle import command_env, needs_host_tmp, root_path, writeback_scopes
+from umlroot.guest.command import command_env, needs_host_tmp, root_path, writeback_scopes
 from umlroot.guest.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
 from umlroot.guest.process import returncode_of
 from umlroot.guest.request import CommandRequest, DiskLink, MachineRequest, TtyFlags

@@ -13,14 +13,15 @@ from umlroot.errors import (
     TimeoutExpired,
     UmlrootError,
 )
-from umlroot.guest.handle import Guest
-from umlroot.guest.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen, run
+from umlroot.guest.config import MachineConfig
+from umlroot.guest.handle import Guest, run
+from umlroot.guest.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen
 from umlroot.guest.writeback import WritebackReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess", "ExitCode", "Guest",
-    "GuestBusyError", "GuestClosedError", "GuestError", "Popen", "TimeoutExpired",
+    "GuestBusyError", "GuestClosedError", "GuestError", "MachineConfig", "Popen", "TimeoutExpired",
     "UmlrootError", "WritebackReport", "run",
 ]

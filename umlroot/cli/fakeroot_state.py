@@ -18,7 +18,6 @@ What fakeroot means, and what that is here:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import tempfile
@@ -30,8 +29,8 @@ from umlroot import log
 from umlroot.cache import exclusive_lock
 from umlroot.errors import UmlrootError
 from umlroot.guest.rundir import parent_dir
-from umlroot.cli.runner import RunOptions, run
-from umlroot.guest.state import read_info
+from umlroot.cli.runner import run_command
+from umlroot.guest.config import MachineConfig
 
 DEFAULT_SHELL = "/bin/sh"
 # fakeroot's own save files are text: "dev=...,ino=...,mode=...".
@@ -86,10 +85,6 @@ def _check_not_fakeroot_save(path: Path) -> None:
             hint="make the state again with `umlroot fakeroot -s FILE ...`")
 
 
-def _runs(path: Path) -> int:
-    return read_info(path).runs
-
-
 @contextlib.contextmanager
 def _work_state(load: Path | None, save: Path | None) -> Iterator[Path]:
     """A state file for this run only: a copy of `load`, or empty (made on
@@ -133,21 +128,19 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def run_fakeroot(options: FakerootOptions) -> int:
     argv = list(options.command) or shell_command()
-    base = RunOptions(argv=argv, writable=(Path("/"),), net=options.net)
+    base = MachineConfig(writable=(Path("/"),), net=options.net)
     load, save = options.load, options.save
     if load is not None and save is not None and _same_file(load, save):
         if load.exists():
             _check_not_fakeroot_save(load)
-        return run(dataclasses.replace(base, state=save))
+        return run_command(argv, MachineConfig.of(base, state=save)).returncode
     load = _existing_load(load)
     if load is None and save is None:
-        return run(base)
+        return run_command(argv, base).returncode
     with _work_state(load, save) as work:
-        before = _runs(work) if load is not None else 0
-        status = run(dataclasses.replace(base, state=work))
-        # Saved only when the command ran to its end in the guest (the
-        # state counts finished runs), whatever its exit status, as fakeroot
-        # saves on exit.
-        if save is not None and work.stat().st_size and _runs(work) > before:
+        result = run_command(argv, MachineConfig.of(base, state=work))
+        # Saved only when the command ran to its end in the guest, whatever
+        # its exit status, as fakeroot saves on exit.
+        if save is not None and result.finished:
             os.replace(work, save)
-        return status
+        return result.returncode

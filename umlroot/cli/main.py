@@ -83,10 +83,10 @@ def _register_commands() -> None:
     from umlroot.cli.fakeroot import fakeroot_command
     from umlroot.cli.kernel import doctor_command, kernel_group
     from umlroot.cli.mkfs import mkfs_command
-    from umlroot.cli.run import run_command
+    from umlroot.cli.run import run_cli
     from umlroot.cli.state import state_group
 
-    cli.add_command(run_command)
+    cli.add_command(run_cli)
     cli.add_command(fakeroot_command)
     cli.add_command(kernel_group)
     cli.add_command(doctor_command)

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from umlroot.cli.runner import RunOptions, run
-
-_MEM_RE = re.compile(r"^[1-9][0-9]*[KMG]?$")
+from umlroot import sizes
+from umlroot.cli.runner import run_command
+from umlroot.guest.config import MAX_CPUS, MachineConfig
 
 
 def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not _MEM_RE.match(value):
-        raise click.BadParameter(f"{value!r} is not a size like 512M or 2G")
+    if not sizes.parse_size(value):
+        raise click.BadParameter(f"{value!r} is not a size like {sizes.EXAMPLES}")
     return value
 
 
-# No ignore_unknown_options: a mistyped option before `--` (`--nte`) is a
-# usage error, not a command named `--nte`. Option parsing stops at `--` or
-# at the first word that is not an option (`umlroot run ls -l` works).
 @click.command("run", context_settings={"allow_interspersed_args": False},
                options_metavar="[OPTIONS] --",
                epilog="Exit status: COMMAND's own; 128+N if it died of signal N; 124 when "
@@ -30,7 +27,7 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
                       "executed; 127 if it was not found.")
 @click.option("--mem", default="1G", show_default=True, callback=_check_mem, metavar="SIZE",
               help="Guest memory (K/M/G suffix). Sparse: only what the guest uses costs host memory.")
-@click.option("--cpus", type=click.IntRange(1, 8), default=1, show_default=True, metavar="N",
+@click.option("--cpus", type=click.IntRange(1, MAX_CPUS), default=1, show_default=True, metavar="N",
               help="Guest CPUs. More help parallel builds of separate processes (make -jN); "
                    "threads of one process run one at a time, so they gain nothing "
                    "(docs/kernel.md).")
@@ -60,19 +57,12 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               help="Show the kernel log and a timing breakdown on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True,
                 metavar="COMMAND [ARGS]...")
-def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
-                writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
-                no_wait: bool, disks: tuple[str, ...], net: bool, keep_scratch: bool,
-                verbose: bool, command: tuple[str, ...]) -> None:
+def run_cli(timeout: float | None, command: tuple[str, ...], **machine: Any) -> None:
     """Run COMMAND as root (uid 0) inside a UML guest that sees the host's files.
 
     COMMAND's stdout, stderr, stdin and exit status are its own; changes
     under the current directory (and --writable dirs) come back to the host.
     """
-    options = RunOptions(
-        argv=[os.fsencode(arg) for arg in command],
-        mem=mem, cpus=cpus, kernel=kernel, verbose=verbose, timeout=timeout,
-        keep_scratch=keep_scratch, writable=writable, writeback=not no_writeback,
-        state=state, state_wait=not no_wait, disks=disks, net=net,
-    )
-    sys.exit(run(options))
+    config = MachineConfig.from_cli(machine)
+    argv = [os.fsencode(arg) for arg in command]
+    sys.exit(run_command(argv, config, timeout).returncode)

@@ -1,49 +1,34 @@
-"""`umlroot run`: from options to CMD's exit status, through the Python API.
+"""One command in a fresh guest with the process's own stdio: what `umlroot
+run`, `umlroot fakeroot` do with the API's `umlroot.run()`.
 
-The CLI is a thin client of `umlroot.run()` (process.py), so the two cannot
-drift: this module only adds what a command line does around it: stdio are
-the process's own, signals go to CMD, and outcomes become one-line
-messages and an exit status. Other commands (`umlroot fakeroot`, `umlroot
-mkfs`) build a RunOptions and call run().
+This module only adds what a command line does around it: stdio are the
+process's own, signals go to CMD, and outcomes become one-line messages.
+The caller gets the CompletedProcess (its returncode is the exit status).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from umlroot import log
 from umlroot.errors import ExitCode, TimeoutExpired, UmlrootError
-from umlroot.guest.handle import GuestOptions
-from umlroot.guest.process import run as run_api
+from umlroot.guest.config import MachineConfig
+from umlroot.guest.handle import run
+from umlroot.guest.process import CompletedProcess
 from umlroot.guest.writeback import print_report
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunOptions(GuestOptions):
-    """`umlroot run`'s options: the machine's (GuestOptions, one definition
-    for the CLI and the API) plus the command and its timeout."""
-
-    argv: Sequence[bytes]
-    timeout: float | None = None
-
-
-def run(options: RunOptions) -> int:
-    """Run CMD in a fresh guest with the process's own stdio; its exit status."""
-    if not options.argv:
+def run_command(argv: Sequence[bytes], config: MachineConfig,
+                timeout: float | None = None) -> CompletedProcess:
+    """Run CMD; its outcome, already explained on stderr."""
+    if not argv:
         raise UmlrootError("no command given", hint="umlroot run -- CMD [ARGS...]")
     try:
-        result = run_api(
-            options.argv, cwd=options.cwd, timeout=options.timeout,
-            mem=options.mem, cpus=options.cpus, kernel=options.kernel,
-            writable=options.writable, writeback=options.writeback,
-            state=options.state, state_wait=options.state_wait, disks=options.disks,
-            net=options.net, keep_scratch=options.keep_scratch, verbose=options.verbose,
-            forward_signals=True)
+        result = run(argv, timeout=timeout, forward_signals=True, config=config)
     except TimeoutExpired as expired:
         log.say(expired.message)
-        return ExitCode.TIMEOUT
+        return CompletedProcess(argv, ExitCode.TIMEOUT, error=expired.message)
     if result.error is not None:
         log.say(result.error)
-    print_report(result.writeback, verbose=options.verbose)
-    return result.returncode
+    print_report(result.writeback, verbose=config.verbose)
+    return result

@@ -9,8 +9,7 @@ Grammar (one `--disk` each, up to 15; the scratch disk is ubd0 and UML has 16):
   options are options, the rest is PATH (so `a:b.img:ro` is the file
   `a:b.img`). An empty last field ends the options: `odd:ro:` is the file
   `odd:ro`, attached read-write.
-- SIZE: a number of bytes with an optional binary suffix K, M, G or T
-  (`512M`, `2G`), a multiple of 512. A missing file is created sparse; a
+- SIZE: umlroot/sizes.py's grammar (`512M`, `2G`), a multiple of 512. A missing file is created sparse; a
   smaller file is grown (sparse); a larger one is never shrunk.
 - `ro`: attached read-only (the guest gets EROFS); excludes SIZE.
 - NAME: the device is /dev/disk/by-umlroot/NAME inside (partitions
@@ -44,13 +43,12 @@ from pathlib import Path
 from umlroot.errors import UmlrootError
 from umlroot.guest.machine import UbdDisk
 from umlroot.guest.request import DiskLink
+from umlroot.sizes import parse_size
 
 MAX_DISKS = 15  # UML's UBD driver has 16 devices; ubd0 is the scratch disk
 SECTOR = 512
 NAME_MAX_LEN = 64
 
-_SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$", re.IGNORECASE)
-_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
 _NAME_CHAR_RE = re.compile(r"[^A-Za-z0-9._+-]")
 _ENV_CHAR_RE = re.compile(r"[^A-Z0-9_]")
@@ -85,14 +83,6 @@ class DiskSetup:
 
 def _error(spec_text: str, message: str, hint: str | None = None) -> UmlrootError:
     return UmlrootError(f"--disk {spec_text}: {message}", hint=hint)
-
-
-def parse_size(text: str) -> int | None:
-    """`512M` -> 536870912; None if TEXT is not a size at all."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        return None
-    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
 
 
 def default_name(path: Path) -> str:

@@ -26,23 +26,28 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from umlroot import log
-from umlroot.kernel import memory as guestmem
-from umlroot.guest.channel import BootFailed, ControlChannel
-from umlroot.guest.diagnose import FailureContext, guest_failure, seccomp_refused
-from umlroot.guest.disks import DiskSpec, attach_disks, validate_disks
 from umlroot.errors import (
-    ExitCode,
     GuestBusyError,
     GuestClosedError,
     GuestError,
-    UmlrootError,
+    TimeoutExpired,
 )
-from umlroot.kernel.guest_init import build_guest_init
+from umlroot.guest.channel import BootFailed, ControlChannel
+from umlroot.guest.command import (
+    CommandSpec,
+    command_env,
+    current_umask,
+    needs_host_tmp,
+    resolve_cwd,
+    writeback_scopes,
+)
+from umlroot.guest.config import MachineConfig
+from umlroot.guest.diagnose import FailureContext, guest_failure, seccomp_refused
+from umlroot.guest.disks import DiskSpec, attach_disks, validate_disks
 from umlroot.guest.inotify import DirectoryWatch
 from umlroot.guest.machine import (
     ChannelFds,
@@ -52,11 +57,21 @@ from umlroot.guest.machine import (
     raise_nofile_limit,
 )
 from umlroot.guest.net import find_helper, network
-from umlroot.guest.request import CommandRequest, MachineRequest, TtyFlags
+from umlroot.guest.process import (
+    Arg,
+    CompletedProcess,
+    Env,
+    File,
+    Popen,
+    argv_bytes,
+    maybe_forward,
+    run_in,
+    timeout_message,
+)
+from umlroot.guest.request import CommandRequest, MachineRequest
 from umlroot.guest.rundir import run_directory
 from umlroot.guest.scratch import create_scratch
 from umlroot.guest.session import (
-    CommandIO,
     CommandSession,
     Result,
     SessionLimits,
@@ -65,125 +80,32 @@ from umlroot.guest.session import (
 from umlroot.guest.state import open_state
 from umlroot.guest.writeback import WritebackReport
 from umlroot.guest.writeback import load as load_report
+from umlroot.kernel import memory as guestmem
+from umlroot.kernel.guest_init import build_guest_init
+from umlroot.kernel.select import KernelChoice, find_kernel
+from umlroot.kernel.uml import RealStarter, UmlStarter
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from umlroot.kernel.select import KernelChoice
-    from umlroot.guest.process import Arg, CompletedProcess, Env, File, Popen
-
 BOOT_TIMEOUT = 60.0
-_SBIN_DIRS = (b"/usr/local/sbin", b"/usr/sbin", b"/sbin")
+# Writeback copies what changed (hundreds of MB take seconds): an hour means
+# "stuck", not "slow".
+WRITEBACK_TIMEOUT = 3600.0
 DISK_DIR = "/dev/disk/by-umlroot"
-
-
-@dataclass(frozen=True)
-class GuestOptions:
-    """The options of `umlroot run` that belong to the machine."""
-
-    mem: str = "1G"
-    # One guest CPU by default: in UML's seccomp mode the threads of one
-    # process take turns in its stub, so a second CPU only helps separate
-    # processes (make -j), and costs threaded ones (docs/kernel.md, issue 9).
-    cpus: int = 1
-    kernel: Path | None = None
-    cwd: Path | None = None  # None: the current directory
-    writable: Sequence[Path] = ()
-    writeback: bool = True
-    state: Path | None = None
-    state_wait: bool = True
-    disks: Sequence[str] = field(default_factory=tuple)
-    # A network (umlroot/guest/net.py); off by default, so builds stay hermetic.
-    net: bool = False
-    keep_scratch: bool = False
-    verbose: bool = False
-
-
-# -- pure helpers (unit-tested) ---------------------------------------------------------
-
-
-def _is_under(path: bytes, top: bytes) -> bool:
-    return path == top or path.startswith(top.rstrip(b"/") + b"/")
-
-
-def writeback_scopes(writeback: bool, writable: Sequence[Path], cwd: bytes) -> list[bytes]:
-    if not writeback:
-        return []
-    scopes = [cwd]
-    for extra in writable:
-        resolved = os.path.realpath(os.fsencode(extra))
-        if not os.path.isdir(resolved):
-            raise UmlrootError(f"--writable {extra}: not a directory",
-                               exit_code=ExitCode.UMLROOT)
-        scopes.append(resolved)
-    # A scope inside another adds nothing.
-    unique: list[bytes] = []
-    for scope in sorted(set(scopes), key=len):
-        if not any(_is_under(scope, kept) for kept in unique):
-            unique.append(scope)
-    return unique
-
-
-def root_path(path: bytes) -> bytes:
-    """The host's PATH, plus the sbin directories a root shell has (mkfs.*,
-    sfdisk, losetup live there; Debian leaves them off users' PATH)."""
-    entries = path.split(b":")
-    missing = [d for d in _SBIN_DIRS if d not in entries]
-    return b":".join([*entries, *missing]) if missing else path
-
-
-def current_directory() -> bytes:
-    """The working directory commands start in; a one-line error if it is gone."""
-    try:
-        return os.fsencode(os.getcwd())
-    except FileNotFoundError:
-        raise UmlrootError("the current directory no longer exists (deleted)",
-                           hint="cd to a directory that exists and rerun") from None
-
-
-def resolve_cwd(cwd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> bytes:
-    if cwd is None:
-        return current_directory()
-    resolved = os.path.realpath(os.fsencode(cwd))
-    if not os.path.isdir(resolved):
-        raise UmlrootError(f"cwd {os.fsdecode(cwd)}: not a directory")
-    return resolved
-
-
-def needs_host_tmp(cwd: bytes, scopes: Sequence[bytes]) -> bool:
-    """/tmp is the host's (under the overlay) when commands work there or a
-    writeback scope reaches into it (scope `/`, as `umlroot fakeroot` has),
-    else a fresh tmpfs."""
-    return _is_under(cwd, b"/tmp") or any(
-        _is_under(scope, b"/tmp") or _is_under(b"/tmp", scope) for scope in scopes)
-
-
-def command_env(env: Mapping[bytes, bytes], extra: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
-    """A command's environment: the given one, plus what every command sees
-    inside (README, "What a command sees inside")."""
-    out = dict(env)
-    out.update(extra)
-    out[b"UMLROOT"] = b"1"
-    out[b"PATH"] = root_path(out.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin"))
-    return out
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 # -- the machine ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def running_machine(spec: MachineSpec, log_file: Path) -> Iterator[tuple[Machine, ControlChannel]]:
+def running_machine(spec: MachineSpec, log_file: Path,
+                    starter: UmlStarter) -> Iterator[tuple[Machine, ControlChannel]]:
     """Start UML with a fresh control channel; kill it (whatever happened) on exit."""
     guest_reads, host_writes = os.pipe2(os.O_CLOEXEC)
     host_reads, guest_writes = os.pipe2(os.O_CLOEXEC)
     try:
-        machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file)
+        machine = Machine(spec, ChannelFds(guest_reads, guest_writes), log_file, starter)
     except BaseException:
         for fd in (host_reads, host_writes):
             os.close(fd)
@@ -200,19 +122,6 @@ def running_machine(spec: MachineSpec, log_file: Path) -> Iterator[tuple[Machine
         os.close(host_writes)
 
 
-@dataclass(frozen=True)
-class CommandSpec:
-    """One command, as the public calls resolved it."""
-
-    argv: Sequence[bytes]
-    io: CommandIO
-    cwd: bytes | None = None
-    env: Mapping[bytes, bytes] | None = None
-    merge_stderr: bool = False
-    tty: TtyFlags = field(default_factory=lambda: TtyFlags(False, False, False))
-    winsize: tuple[int, int] | None = None
-
-
 class Guest:
     """A booted guest that runs many commands, one at a time.
 
@@ -222,34 +131,19 @@ class Guest:
     `umlroot run`'s options; see docs/api.md.
     """
 
-    def __init__(self, *, mem: str = "1G", cpus: int = 1,
-                 kernel: str | os.PathLike[str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None,
-                 writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
-                 state: str | os.PathLike[str] | None = None, state_wait: bool = True,
-                 disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
-                 keep_scratch: bool = False, verbose: bool = False) -> None:
-        options = GuestOptions(
-            mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
-            cwd=Path(cwd) if cwd is not None else None,
-            writable=tuple(Path(p) for p in writable), writeback=writeback,
-            state=Path(state) if state is not None else None, state_wait=state_wait,
-            disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
-            verbose=verbose)
-        self._start(options, deadline=None)
-
-    @classmethod
-    def _boot(cls, options: GuestOptions, deadline: float | None) -> Guest:
-        """A guest whose boot counts against `deadline` (one-shot run())."""
-        guest = cls.__new__(cls)
-        guest._start(options, deadline)
-        return guest
+    def __init__(self, config: MachineConfig | None = None, *,
+                 starter: UmlStarter | None = None, deadline: float | None = None,
+                 **options: Any) -> None:
+        """Boot. `config`, or keywords named as its fields (`mem="2G"`), or
+        both (the keywords win); `starter` starts UML (default: the real
+        kernel); `deadline` (time.monotonic()) bounds the boot: past it,
+        BootTimeout."""
+        self._starter: UmlStarter = starter if starter is not None else RealStarter()
+        self._launch(MachineConfig.of(config, **options), deadline)
 
     # -- boot -------------------------------------------------------------------------
 
-    def _start(self, options: GuestOptions, deadline: float | None) -> None:
-        from umlroot.kernel.select import find_kernel
-
+    def _launch(self, options: MachineConfig, deadline: float | None) -> None:
         self.options = options
         self._lock = threading.Lock()
         self._busy: CommandSession | None = None
@@ -277,7 +171,7 @@ class Guest:
         self._finalizer = weakref.finalize(self, stack.close)
         self._stack = stack
         try:
-            self._set_up(options, deadline, scopes, disk_specs, kernel, init, cpus)
+            self._prepare(options, deadline, scopes, disk_specs, kernel, init, cpus)
         except BaseException:
             # Unwind with the exception, so open_state can explain a state
             # file the guest could not mount.
@@ -285,7 +179,7 @@ class Guest:
             if not stack.__exit__(*sys.exc_info()):
                 raise
 
-    def _set_up(self, options: GuestOptions, deadline: float | None, scopes: list[bytes],
+    def _prepare(self, options: MachineConfig, deadline: float | None, scopes: list[bytes],
                 disk_specs: Sequence[DiskSpec], kernel: KernelChoice, init: Path,
                 cpus: int) -> None:
         stack = self._stack
@@ -317,17 +211,17 @@ class Guest:
         self._failure = FailureContext(self.log_file, options.mem, memory_dir)
         self._watch = DirectoryWatch()
         stack.callback(self._watch.close)
-        self._start_machine(spec, deadline)
+        self._start_uml(spec, deadline)
         if options.state is None and not options.keep_scratch:
             # The guest has the throwaway scratch disk open: a guest
             # killed outright then leaves no scratch data on the host.
             scratch.unlink(missing_ok=True)
 
-    def _start_machine(self, spec: MachineSpec, deadline: float | None) -> None:
+    def _start_uml(self, spec: MachineSpec, deadline: float | None) -> None:
         timeout = BOOT_TIMEOUT
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-        machine_cm = running_machine(spec, self.log_file)
+        machine_cm = running_machine(spec, self.log_file, self._starter)
         self.machine, self.channel = self._stack.enter_context(machine_cm)
         try:
             ready = self.channel.wait_ready(timeout)
@@ -337,7 +231,7 @@ class Guest:
                 raise BootTimeout from None
             if spec.seccomp and seccomp_refused(self.log_file):
                 log.warn("seccomp mode is not available here; using ptrace mode (slower, 1 CPU)")
-                return self._start_machine(dataclasses.replace(spec, seccomp=False, cpus=1),
+                return self._start_uml(dataclasses.replace(spec, seccomp=False, cpus=1),
                                            deadline)
             raise self._failed(f"the guest failed to start: {error}",
                                hint="full kernel log: rerun with --keep-scratch or --verbose") \
@@ -379,8 +273,14 @@ class Guest:
 
     # -- commands -------------------------------------------------------------------------
 
-    def _begin(self, spec: CommandSpec, *, last: bool, limits: SessionLimits,
-               signals: SignalForwarder | None) -> CommandSession:
+    def begin(self, spec: CommandSpec, *, last: bool = False,
+              limits: SessionLimits | None = None,
+              signals: SignalForwarder | None = None) -> CommandSession:
+        """Start a command session; drive it with its relay(), then hand its
+        result to finish() (or abandon() it). `last`: the guest writes back
+        and powers off when the command ends."""
+        if limits is None:
+            limits = SessionLimits()
         with self._lock:
             self._check_usable()
             number = self._next_command
@@ -402,7 +302,7 @@ class Guest:
             self._busy = session
             return session
 
-    def _end(self, session: CommandSession, result: Result) -> None:
+    def finish(self, session: CommandSession, result: Result) -> None:
         """After a command: tidy up, and raise if the guest is gone."""
         with self._lock:
             self._busy = None
@@ -434,7 +334,7 @@ class Guest:
                 self._final_report = self._report(result.writeback)
                 self._shut_down()
 
-    def _interrupted(self, session: CommandSession) -> None:
+    def abandon(self, session: CommandSession) -> None:
         """Our side of a command failed (KeyboardInterrupt, an error while
         relaying): the guest's state is unknown, so it is killed."""
         with self._lock:
@@ -444,6 +344,20 @@ class Guest:
             self._dead = "interrupted while a command ran"
         self.kill()
 
+    def adopt_relay(self, thread: threading.Thread) -> None:
+        """The thread that relays the running command (a Popen's): close()
+        waits for it."""
+        self._busy_thread = thread
+
+    def signal_command(self, sig: int) -> None:
+        """Signal the running command's process group."""
+        self.channel.send(f"k {int(sig)}")
+
+    @property
+    def final_report(self) -> WritebackReport | None:
+        """What the last writeback (at the end) brought back."""
+        return self._final_report
+
     def run(self, args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = None,
             stdout: File = None, stderr: File = None, capture_output: bool = False,
             cwd: Arg | None = None, env: Env | None = None, timeout: float | None = None,
@@ -451,8 +365,6 @@ class Guest:
         """Run a command as root and wait for it, like subprocess.run. On
         `timeout` the command (its process group, then whatever it left) is
         killed and TimeoutExpired raised; the guest lives on."""
-        from umlroot.guest.process import maybe_forward, run_in
-
         with maybe_forward(forward_signals) as signals:
             return run_in(self, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
                           capture_output=capture_output, cwd=cwd, env=env, timeout=timeout,
@@ -461,8 +373,6 @@ class Guest:
     def popen(self, args: Arg | Sequence[Arg], *, stdin: File = None, stdout: File = None,
               stderr: File = None, cwd: Arg | None = None, env: Env | None = None) -> Popen:
         """Start a command and return at once, like subprocess.Popen."""
-        from umlroot.guest.process import Popen
-
         return Popen(self, args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
 
     # -- writeback and the end --------------------------------------------------------------
@@ -472,10 +382,18 @@ class Guest:
             return None
         return load_report(line, self.run_dir)
 
-    def _await(self, final: str, what: str) -> dict[str, str]:
-        """Read control lines until `final`; returns the last line of each kind."""
+    def _await(self, final: str, what: str, timeout: float) -> dict[str, str]:
+        """Read control lines until `final`; returns the last line of each
+        kind. After `timeout` seconds the guest is killed: TimeoutExpired."""
         seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
         while final not in seen:
+            if time.monotonic() >= deadline:
+                self._dead = f"stopped: {what} took longer than {timeout:g} s"
+                self.kill()
+                raise TimeoutExpired(["writeback"], timeout,
+                                     message=f"{what} took longer than {timeout:g} s; "
+                                             "the guest was stopped")
             if not self.machine.alive() or self.channel.closed:
                 for line in self.channel.read_lines():
                     kind, _, rest = line.partition(" ")
@@ -491,28 +409,37 @@ class Guest:
                     seen[kind] = rest
         return seen
 
-    def writeback(self) -> WritebackReport | None:
+    def writeback(self, timeout: float = WRITEBACK_TIMEOUT) -> WritebackReport | None:
         """Write back now what changed under the writeback scope; None when
         there is no scope (writeback=False). Host files changed after the
         guest started (or after the last writeback) are conflicts, not
-        overwritten. close() writes back again, whatever changed since."""
+        overwritten. close() writes back again, whatever changed since.
+        Past `timeout` seconds the guest is killed and TimeoutExpired raised."""
         with self._lock:
             self._check_usable()
             self.channel.send("W")
-            seen = self._await("WBDONE", "writeback")
+            seen = self._await("WBDONE", "writeback", timeout)
             return self._report(seen.get("WB"))
 
-    def close(self) -> WritebackReport | None:
+    def close(self, timeout: float = WRITEBACK_TIMEOUT) -> WritebackReport | None:
         """Write back, power off, remove everything. A command still running
         (a Popen) is killed first, as a signal would. Returns what was
-        written back (None: no writeback scope). Safe to call again."""
+        written back (None: no writeback scope). Safe to call again. Past
+        `timeout` seconds (for the command to stop, then for writeback) the
+        guest is killed and TimeoutExpired raised."""
         if self._closed:
             return self._final_report
         busy, thread = self._busy, self._busy_thread
         if busy is not None:
             busy.stop()
         if thread is not None:
-            thread.join()
+            thread.join(timeout)
+            if thread.is_alive():
+                self._dead = "its command did not stop"
+                self.kill()
+                raise TimeoutExpired(["close"], timeout,
+                                     message=f"the running command did not stop within "
+                                             f"{timeout:g} s; the guest was stopped")
         if self._dead is not None or self._closed:
             self.kill()
             return self._final_report
@@ -520,7 +447,7 @@ class Guest:
             with self._lock:
                 self._check_usable()
                 self.channel.send("q 1")
-                seen = self._await("DONE", "writeback")
+                seen = self._await("DONE", "writeback", timeout)
                 self.phases["writeback"] = time.monotonic() - self._started
                 self._final_report = self._report(seen.get("WB"))
         except BaseException:
@@ -583,3 +510,29 @@ def _show_phases(phases: Mapping[str, float]) -> None:
             parts.append(f"{label} {(phases[name] - previous) * 1000:.0f} ms")
             previous = phases[name]
     log.say("timing: " + ", ".join(parts))
+
+
+def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = None,
+        stdout: File = None, stderr: File = None, capture_output: bool = False,
+        env: Env | None = None, timeout: float | None = None, check: bool = False,
+        forward_signals: bool = False, config: MachineConfig | None = None,
+        starter: UmlStarter | None = None, **options: Any) -> CompletedProcess:
+    """Run one command as root in a fresh guest, like `umlroot run`: boot,
+    run, write back (if it ran), power off. The machine is `config` and/or
+    keywords named as its fields (cwd=, mem=, writable=, ...); see docs/api.md."""
+    machine = MachineConfig.of(config, **options)
+    argv_bytes(args)  # no command: fail before booting
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    with maybe_forward(forward_signals) as signals:
+        try:
+            guest = Guest(machine, starter=starter, deadline=deadline)
+        except BootTimeout:
+            assert timeout is not None
+            raise TimeoutExpired(argv_bytes(args), timeout,
+                                 message=timeout_message(timeout, killed_guest=True)) from None
+        try:
+            return run_in(guest, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
+                          capture_output=capture_output, cwd=None, env=env, timeout=timeout,
+                          check=check, signals=signals, last=True, deadline=deadline)
+        finally:
+            guest.kill()

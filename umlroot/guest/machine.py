@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umlroot import log
-from umlroot.kernel.memory import uml_environment
-from umlroot.libc import die_with_parent, from_long_lived_thread
 from umlroot.guest.net import guest_interface
+from umlroot.kernel.uml import UmlStarter
 
 
 @dataclass(frozen=True)
@@ -101,44 +97,20 @@ def raise_nofile_limit() -> None:
 
 
 class Machine:
-    """One running UML process, in its own process group."""
+    """One running UML process, started by `starter`, in its own process group."""
 
-    def __init__(self, spec: MachineSpec, channel: ChannelFds, log_file: Path) -> None:
+    def __init__(self, spec: MachineSpec, channel: ChannelFds, log_file: Path,
+                 starter: UmlStarter) -> None:
         self.argv = kernel_command_line(spec, channel)
-        log.show_command(self.argv)
-        with open(log_file, "ab") as log_out, open(os.devnull, "rb") as devnull:
-            self.process = from_long_lived_thread(lambda: subprocess.Popen(
-                self.argv,
-                stdin=devnull, stdout=log_out, stderr=subprocess.STDOUT,
+        with open(log_file, "ab") as log_out:
+            self.process = starter.start(
+                self.argv, output=log_out.fileno(),
                 pass_fds=(channel.guest_reads, channel.guest_writes,
-                          *([] if spec.net_fd is None else [spec.net_fd])),
-                env=uml_environment(),
-                # Own session: a Ctrl-C on the user's terminal reaches umlroot
-                # (which forwards it to CMD), never UML itself.
-                start_new_session=True,
-                # Only prctl() runs between fork and exec, with no lock taken.
-                preexec_fn=die_with_parent,  # noqa: PLW1509
-            ))
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+                          *([] if spec.net_fd is None else [spec.net_fd])))
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
     def kill(self) -> None:
         """Kill UML and every host process it made (its process group)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        # Stub processes that left the group (none known) would still die
-        # of PDEATHSIG; reap nothing else here.
+        self.process.kill_group()

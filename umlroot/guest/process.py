@@ -1,11 +1,13 @@
-"""The public calls: `umlroot.run()`, `Guest.run()`, `Guest.popen()`.
+"""The subprocess-shaped calls: `Guest.run()`, `Guest.popen()` (and the
+one-shot `umlroot.run()` in handle.py, which boots a Guest for them).
 
 Shaped like subprocess's: argv as a list (bytes or str), stdin/stdout/stderr
 as None (inherit), PIPE, DEVNULL, STDOUT (for stderr), a file descriptor or a
 file object; `input`, `capture_output`, `cwd`, `env`, `timeout`, `check`; a
 CompletedProcess whose returncode is the status the CLI would exit with.
-This module only turns those arguments into a CommandSpec for guest.py and
-a session's Result into a returncode or an exception.
+This module only turns those arguments into a CommandSpec for the Guest's
+begin() and a session's Result into a returncode or an exception; it uses
+the Guest through its public methods only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from umlroot.errors import CalledProcessError, ExitCode, GuestError, TimeoutExpired
-from umlroot.guest.handle import BootTimeout, CommandSpec, Guest, GuestOptions, resolve_cwd
+from umlroot.guest.command import CommandSpec, resolve_cwd
 from umlroot.guest.request import TtyFlags
 from umlroot.guest.session import (
     BufferSink,
@@ -42,6 +44,8 @@ from umlroot.guest.writeback import WritebackReport
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from umlroot.guest.handle import Guest
+
 PIPE = subprocess.PIPE
 STDOUT = subprocess.STDOUT
 DEVNULL = subprocess.DEVNULL
@@ -59,14 +63,17 @@ class CompletedProcess(subprocess.CompletedProcess[bytes]):
     directory does not exist in the guest. `error` explains 125-127 in one
     line (what the CLI prints). `writeback`: what a one-shot run() wrote
     back (None for Guest.run(): the guest writes back at close()).
+    `finished`: the command ran to its end in the guest (it exited or died
+    of a signal there; it was not missing, nor its guest killed).
     """
 
     def __init__(self, args: Any, returncode: int, stdout: bytes | None = None,
                  stderr: bytes | None = None, *, error: str | None = None,
-                 writeback: WritebackReport | None = None) -> None:
+                 writeback: WritebackReport | None = None, finished: bool = False) -> None:
         super().__init__(args, returncode, stdout, stderr)
         self.error = error
         self.writeback = writeback
+        self.finished = finished
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -253,9 +260,9 @@ def relay(guest: Guest, session: CommandSession, interactive: bool, stdin: int |
         with raw_mode(stdin) if interactive and stdin is not None else contextlib.nullcontext():
             result = session.relay()
     except BaseException:
-        guest._interrupted(session)
+        guest.abandon(session)
         raise
-    guest._end(session, result)
+    guest.finish(session, result)
     return result
 
 
@@ -270,7 +277,7 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         spec = stdio.spec(argv, resolve_cwd(cwd) if cwd is not None else None, env_bytes(env))
-        session = guest._begin(spec, last=last, signals=signals,
+        session = guest.begin(spec, last=last, signals=signals,
                                limits=SessionLimits(deadline, deadline_kills_guest=last))
         result = relay(guest, session, stdio.interactive, stdio.stdin)
     finally:
@@ -279,16 +286,19 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
     if result.timed_out:
         assert timeout is not None
         raise TimeoutExpired(argv, timeout, output=out, stderr=err,
-                             message=_timeout_message(timeout, killed_guest=last))
+                             message=timeout_message(timeout, killed_guest=last))
     returncode, error = returncode_of(result, argv[0])
+    finished = result.killed_by is None and result.outcome in (Outcome.EXITED,
+                                                               Outcome.SIGNALED)
     completed = CompletedProcess(args, returncode, out, err, error=error,
-                                 writeback=guest._final_report if last else None)
+                                 writeback=guest.final_report if last else None,
+                                 finished=finished)
     if check:
         completed.check_returncode()
     return completed
 
 
-def _timeout_message(timeout: float, *, killed_guest: bool) -> str:
+def timeout_message(timeout: float, *, killed_guest: bool) -> str:
     if killed_guest:
         return f"timed out after {timeout:g} s; the guest was stopped and nothing written back"
     return f"timed out after {timeout:g} s; the command was killed"
@@ -301,41 +311,6 @@ def maybe_forward(forward: bool) -> Iterator[SignalForwarder | None]:
         return
     with SignalForwarder() as forwarder:
         yield forwarder
-
-
-def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = None,
-        stdout: File = None, stderr: File = None, capture_output: bool = False,
-        cwd: Arg | None = None, env: Env | None = None, timeout: float | None = None,
-        check: bool = False, forward_signals: bool = False,
-        mem: str = "1G", cpus: int = 1, kernel: str | os.PathLike[str] | None = None,
-        writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
-        state: str | os.PathLike[str] | None = None, state_wait: bool = True,
-        disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
-        keep_scratch: bool = False, verbose: bool = False) -> CompletedProcess:
-    """Run one command as root in a fresh guest, like `umlroot run`: boot,
-    run, write back (if it ran), power off. See docs/api.md."""
-    options = GuestOptions(
-        mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
-        cwd=Path(os.fsdecode(cwd)) if cwd is not None else None,
-        writable=tuple(Path(p) for p in writable), writeback=writeback,
-        state=Path(state) if state is not None else None, state_wait=state_wait,
-        disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
-        verbose=verbose)
-    argv_bytes(args)  # no command: fail before booting
-    deadline = time.monotonic() + timeout if timeout is not None else None
-    with maybe_forward(forward_signals) as signals:
-        try:
-            guest = Guest._boot(options, deadline)
-        except BootTimeout:
-            assert timeout is not None
-            raise TimeoutExpired(argv_bytes(args), timeout,
-                                 message=_timeout_message(timeout, killed_guest=True)) from None
-        try:
-            return run_in(guest, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
-                          capture_output=capture_output, cwd=None, env=env, timeout=timeout,
-                          check=check, signals=signals, last=True, deadline=deadline)
-        finally:
-            guest.kill()
 
 
 # -- Popen ------------------------------------------------------------------------------------
@@ -362,14 +337,13 @@ class Popen:
         try:
             spec = stdio.spec(self._argv, resolve_cwd(cwd) if cwd is not None else None,
                               env_bytes(env))
-            self._session = guest._begin(spec, last=False, limits=SessionLimits(),
-                                         signals=None)
+            self._session = guest.begin(spec)
         except BaseException:
             stdio.close_child_side()
             self._close_parent_side()
             raise
         self._thread = threading.Thread(target=self._relay, name="umlroot-relay", daemon=True)
-        guest._busy_thread = self._thread
+        guest.adopt_relay(self._thread)
         self._thread.start()
 
     def _relay(self) -> None:
@@ -444,7 +418,7 @@ class Popen:
     def send_signal(self, sig: int) -> None:
         """Signal the command's process group (ignored once it has exited)."""
         if self._thread.is_alive() and self._session.result.outcome is None:
-            self._guest.channel.send(f"k {int(sig)}")
+            self._guest.signal_command(sig)
 
     def terminate(self) -> None:
         self.send_signal(15)

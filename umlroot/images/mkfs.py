@@ -4,8 +4,8 @@ a tarball, like virt-make-fs, without KVM.
 Order of work: check everything that can be checked (combinations, tools,
 paths the guest must see), measure the content, then build in a staging
 directory beside OUTPUT (`.OUTPUT.XXXX.umlroot-mkfs`): host steps, guest
-steps (`umlroot run` with the image attached as a disk, running
-`_guest_mkfs.py`), trimming, GPT, verity. Only a finished image is renamed
+steps (one Guest with the image attached as a disk, each step a
+Guest.run()), trimming, GPT, verity. Only a finished image is renamed
 to OUTPUT; the staging directory goes away whatever happens, so a failed or
 interrupted run leaves OUTPUT as it was.
 """
@@ -13,9 +13,9 @@ interrupted run leaves OUTPUT as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from umlroot import log
-from umlroot.images import _guest_mkfs
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.images.gpt import wrap_in_gpt, write_gpt
 from umlroot.images.length import image_length
@@ -45,7 +44,9 @@ from umlroot.images.plan import (
     partition_type,
 )
 from umlroot.images.size import Content, image_size, measure
-from umlroot.cli.runner import RunOptions, run
+from umlroot.guest.config import MachineConfig
+from umlroot.guest.handle import Guest
+from umlroot.guest.process import DEVNULL, PIPE, STDOUT
 from umlroot.guest.scratch import find_tool
 from umlroot.guest.state import read_info
 
@@ -53,6 +54,7 @@ from umlroot.guest.state import read_info
 # out of its sight. /tmp is the host's only when umlroot runs from there.
 _GUEST_PRIVATE = ("/run", "/dev", "/proc", "/sys")
 _ROOT_HASH_RE = re.compile(r"^Root hash:\s*([0-9a-f]+)\s*$", re.MULTILINE)
+_CAUSE_WORDS = ("error", "cannot", "can't", "failed", "not ", "no ", "invalid", "too ")
 
 
 def _under(path: str, top: str) -> bool:
@@ -61,7 +63,7 @@ def _under(path: str, top: str) -> bool:
 
 def absolute(options: MkfsOptions) -> MkfsOptions:
     """Every path absolute: the guest gets them as they are, and its working
-    directory may change (see guest_sees_tmp)."""
+    directory may differ from ours (see guest_cwd)."""
     def fix(path: Path | None) -> Path | None:
         return Path(os.path.abspath(path)) if path is not None else None
 
@@ -71,7 +73,7 @@ def absolute(options: MkfsOptions) -> MkfsOptions:
 
 
 def guest_reads(options: MkfsOptions) -> list[Path]:
-    paths = [options.source, Path(sys.executable), Path(_guest_mkfs.__file__)]
+    paths = [options.source]
     if options.luks_key is not None:
         paths.append(options.luks_key)
     return paths
@@ -86,20 +88,14 @@ def check_visible(paths: Sequence[Path]) -> None:
                                    hint="move it to a directory elsewhere (your home, /var/tmp)")
 
 
-@contextlib.contextmanager
-def guest_sees_tmp(paths: Sequence[Path]) -> Iterator[None]:
+def guest_cwd(paths: Sequence[Path]) -> Path | None:
     """The guest shows the host's /tmp (instead of a fresh tmpfs) when the
-    command's working directory is under it: run from there if the guest
-    must read something in /tmp."""
-    cwd = os.getcwd()
-    if _under(cwd, "/tmp") or not any(_under(os.path.realpath(p), "/tmp") for p in paths):
-        yield
-        return
-    os.chdir("/tmp")
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
+    commands' working directory is under it: /tmp if the guest must read
+    something there and ours is elsewhere (None: ours)."""
+    if _under(os.getcwd(), "/tmp") or not any(_under(os.path.realpath(p), "/tmp")
+                                               for p in paths):
+        return None
+    return Path("/tmp")
 
 
 def check_tools(tools: Sequence[str]) -> None:
@@ -157,17 +153,57 @@ def run_host(argv: Sequence[str]) -> str:
     return result.stdout
 
 
+def summary(output: bytes) -> str:
+    """The line that says why a step failed: the first that names a cause
+    (tar ends with "Exiting with failure status due to previous errors",
+    mkfs tools start with a banner), else the last."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines()
+             if line.strip()]
+    for line in lines:
+        lowered = line.lower()
+        if any(word in lowered for word in _CAUSE_WORDS) and "previous errors" not in lowered:
+            return line
+    return lines[-1] if lines else "no message"
+
+
+def run_step(guest: Guest, argv: Sequence[str], verbose: bool) -> int:
+    """One guest step as root. Its output is kept unless it fails (mkfs
+    tools are chatty), or shown on stderr with --verbose (stdout is ours:
+    the root hash). 0, or the status to exit with (it has said why)."""
+    if verbose:
+        print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+    result = guest.run(list(argv), stdin=DEVNULL, forward_signals=True,
+                       stdout=sys.stderr.fileno() if verbose else PIPE,
+                       stderr=None if verbose else STDOUT)
+    if result.error is not None:
+        log.say(f"mkfs: {result.error} in the guest")
+        return ExitCode.UMLROOT
+    if result.returncode >= ExitCode.SIGNAL_BASE and not result.finished:
+        return result.returncode
+    if result.returncode != 0:
+        detail = "" if verbose else f": {summary(result.stdout or b'')}"
+        log.say(f"mkfs: `{shlex.join(argv)}` failed with status {result.returncode}{detail}")
+        return result.returncode if result.returncode >= ExitCode.SIGNAL_BASE \
+            else ExitCode.UMLROOT
+    return 0
+
+
 def run_guest(plan: Plan, disk: Path, options: MkfsOptions) -> int:
-    script = Path(_guest_mkfs.__file__)
-    payload = json.dumps({"steps": plan.guest, "verbose": options.verbose})
-    argv = [sys.executable, "-I", "-B", str(script), payload]
-    log.debug(f"guest steps: {payload}")
+    """The guest steps in order, in one guest with the image attached; the
+    first failing one ends them."""
+    log.debug(f"guest steps: {plan.guest}")
     # The staging file's name ends the spec ("image"), so the options after
     # it cannot be mistaken for part of the path.
-    run_options = RunOptions(argv=[os.fsencode(a) for a in argv], writeback=False,
-                             state=options.state, disks=(f"{disk}:name={DISK_NAME}",))
-    with guest_sees_tmp(guest_reads(options)):
-        return run(run_options)
+    config = MachineConfig(writeback=False, state=options.state,
+                           disks=(f"{disk}:name={DISK_NAME}",),
+                           cwd=guest_cwd(guest_reads(options)))
+    with Guest(config) as guest:
+        for argv in plan.guest:
+            status = run_step(guest, argv, options.verbose)
+            if status:
+                guest.kill()  # the half-made image is thrown away
+                return status
+    return 0
 
 
 def verity_paths(output: Path) -> tuple[Path, Path]:

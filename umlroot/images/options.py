@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from umlroot import sizes
 from umlroot.errors import UmlrootError
 
 MIB = 1 << 20
@@ -93,19 +93,18 @@ class MkfsOptions:
 # after the guest has booted, or silently cut).
 LABEL_MAX = {FsType.EXT4: 16, FsType.BTRFS: 255, FsType.XFS: 12, FsType.VFAT: 11,
              FsType.ISO9660: 32}
-_SIZE_RE = re.compile(r"^(\+?)([0-9]+)([KMGT]?)$", re.IGNORECASE)
-_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> SizeSpec:
     """`512M` (absolute) or `+100M` (on top of what the content needs)."""
-    match = _SIZE_RE.match(text.strip())
-    if not match:
-        raise UmlrootError(f"--size {text}: not a size like 512M, 2G or +100M")
-    value = int(match.group(2)) * _FACTORS[match.group(3).upper()]
-    if value == 0 and not match.group(1):
+    stripped = text.strip()
+    relative = stripped.startswith("+")
+    value = sizes.parse_size(stripped[1:] if relative else stripped)
+    if value is None:
+        raise UmlrootError(f"--size {text}: not a size like {sizes.EXAMPLES} or +100M")
+    if value == 0 and not relative:
         raise UmlrootError(f"--size {text}: an image needs a size above 0")
-    return SizeSpec(value=value, relative=bool(match.group(1)))
+    return SizeSpec(value=value, relative=relative)
 
 
 def source_kind(source: Path) -> SourceKind:

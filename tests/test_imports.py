@@ -1,0 +1,108 @@
+"""The structure stays walkable: no import cycles between umlroot's modules
+(lazy imports count, TYPE_CHECKING ones do not), no package importing back
+into one that imports it, and no private member of a class used outside
+its module."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "umlroot"
+# Lower layers first: a package may import from its own and lower ones only.
+LAYERS = ["umlroot", "umlroot.kernel", "umlroot.guest", "umlroot.images", "umlroot.cli"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return {m for m in found if m in modules}
+
+
+def graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = set(paths)
+    return {name: imports_of(path, modules) - {name} for name, path in paths.items()}
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                walk(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            walk(node)
+
+
+def _layer(module: str) -> int:
+    package = module if module in LAYERS else module.rsplit(".", 1)[0]
+    return LAYERS.index(package) if package in LAYERS else 0
+
+
+def test_packages_only_import_lower_layers() -> None:
+    wrong = [f"{src} imports {dst}" for src, dsts in graph().items() for dst in dsts
+             if src not in ("umlroot", "umlroot.__main__") and _layer(dst) > _layer(src)]
+    assert wrong == []
+
+
+def test_no_private_member_used_outside_its_module() -> None:
+    """`obj._name` on anything but self/cls (or the module's own names)."""
+    wrong = []
+    for path in ROOT.rglob("*.py"):
+        source = path.read_text()
+        tree = ast.parse(source)
+        defined = {n.name for n in ast.walk(tree)
+                   if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    for t in n.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or not re.match(r"^_[a-z]", node.attr):
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls", "sys", "os"):
+                continue
+            if isinstance(owner, ast.Name) and owner.id in defined:
+                continue  # the module's own class or object
+            wrong.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: .{node.attr}")
+    assert wrong == []
