@@ -276,10 +276,6 @@ def validate_disks(specs: Sequence[str]) -> list[DiskSpec]:
     return parsed
 
 
-def prepare_disks(specs: Sequence[str], run_dir: Path) -> DiskSetup:
-    return attach_disks(validate_disks(specs), run_dir)
-
-
 def attach_disks(parsed: Sequence[DiskSpec], run_dir: Path) -> DiskSetup:
     """Create or grow the files and name them for the guest; `parsed` comes
     from validate_disks (a run checks its specs once, before booting)."""

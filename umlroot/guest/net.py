@@ -36,7 +36,6 @@ from umlroot.errors import UmlrootError
 from umlroot.libc import die_with_parent, from_long_lived_thread
 
 HOST_ADDRESS = "10.0.2.2"
-DNS_ADDRESS = "10.0.2.3"
 # Jumbo frames: vde_plug relays frames through a 9234-byte buffer (VDE's
 # Ethernet maximum), and truncates longer ones, which the guest then drops.
 # 9000 is the common jumbo size within that; against 1500 it is 6x fewer

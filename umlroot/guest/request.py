@@ -9,7 +9,6 @@ strings already, so any bytes but NUL pass unchanged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,10 +20,6 @@ class TtyFlags:
     stdin: bool
     stdout: bool
     stderr: bool
-
-    @classmethod
-    def of_process(cls) -> TtyFlags:
-        return cls(os.isatty(0), os.isatty(1), os.isatty(2))
 
     @property
     def interactive(self) -> bool:
