@@ -106,3 +106,44 @@ def test_no_private_member_used_outside_its_module() -> None:
                 continue  # the module's own class or object
             wrong.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: .{node.attr}")
     assert wrong == []
+
+
+def test_guest_init_units_form_no_cycle(tmp_path: Path) -> None:
+    """Each C unit's undefined symbols resolved against the others' defined
+    ones: the graph has no cycle, and nothing calls into init.c (main only)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    nm = shutil.which("nm")
+    if cc is None or nm is None:
+        pytest.skip("needs cc and nm")
+    sources = sorted((ROOT.parent / "guest-init").glob("*.c"))
+    defined: dict[str, set[str]] = {}
+    undefined: dict[str, set[str]] = {}
+    for source in sources:
+        obj = tmp_path / (source.stem + ".o")
+        subprocess.run([cc, "-c", "-O2", "-std=gnu11", "-o", str(obj), str(source)], check=True)
+        symbols = subprocess.run([nm, str(obj)], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+        defined[source.stem] = {s.split()[-1] for s in symbols if s.split()[-2:-1] == ["T"]}
+        undefined[source.stem] = {s.split()[-1] for s in symbols if s.split()[0] == "U"}
+    edges = {unit: {other for other, names in defined.items()
+                    if other != unit and names & undefined[unit]} for unit in defined}
+    assert defined["init"] == {"main"}
+    seen: dict[str, int] = {}
+
+    def walk(unit: str, path: list[str]) -> None:
+        seen[unit] = 1
+        for nxt in sorted(edges[unit]):
+            assert seen.get(nxt) != 1, "C units call each other in a circle: " + " -> ".join(
+                [*path, unit, nxt])
+            if nxt not in seen:
+                walk(nxt, [*path, unit])
+        seen[unit] = 2
+
+    for unit in sorted(edges):
+        if unit not in seen:
+            walk(unit, [])
