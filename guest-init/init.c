@@ -354,8 +354,9 @@ static __attribute__((noreturn)) void finish(int ran)
 	if (req.persistent && ran)
 		state_finish(&req, UR_SCRATCH);
 	/* hostfs writes are write-through, so writeback needs no sync; a
-	 * throwaway scratch disk needs none either (syncing 100 MB that CMD
-	 * left in it cost ~0.5 s). A --state file and --disk images do. */
+	 * throwaway scratch disk needs none either (it is thrown away, and a
+	 * sync costs a host write of all CMD left there). A --state file and
+	 * --disk images do. */
 	if (req.persistent || req.ndisks > 0)
 		sync();
 	ctl_say("DONE");

@@ -65,10 +65,10 @@ def kernel_command_line(spec: MachineSpec, channel: ChannelFds) -> list[str]:
         # after the run), not in ~/.uml, where a killed UML would leave them.
         f"uml_dir={spec.run_dir}", "umid=uml",
         # Keep dirty pages in guest memory until something asks for them:
-        # the default background threshold (10% of 1 GiB) made the flusher
-        # write most of a 117 MB `tar -cf` into the throwaway scratch disk
-        # while the command ran. A --state file or a --disk is synced at the
-        # end anyway, and a writer that reaches dirty_ratio still flushes.
+        # with the default background threshold the flusher writes a big
+        # output into the throwaway scratch disk while the command runs
+        # (docs/architecture.md, "Figures"). A --state file or a --disk is
+        # synced at the end anyway, and a writer at dirty_ratio still flushes.
         "sysctl.vm.dirty_background_ratio=50", "sysctl.vm.dirty_ratio=80",
     ]
     if spec.seccomp:

@@ -24,8 +24,8 @@ def find_tool(name: str) -> str | None:
 
 
 # A new sparse file reads as zeros: without this, mke2fs "zeroes" the inode
-# tables with fallocate(ZERO_RANGE), which made every 64 GiB scratch disk
-# take 1.1 GB of the host's disk (unwritten extents) and 20-40 ms instead of 10.
+# tables with fallocate(ZERO_RANGE), which costs host disk space and time for
+# every scratch disk (docs/architecture.md, "Figures").
 _PREZEROED = "assume_storage_prezeroed=1"
 
 
@@ -39,11 +39,10 @@ def _mkfs(mkfs: str, features: list[str], extended: str,
 def format_ext4(image: Path, size: int, *, durable: bool) -> None:
     """Create `image` as a sparse file of `size` bytes holding a fresh ext4.
 
-    Measured here: ~10 ms on the host with lazy init, whatever the size,
-    against hundreds of ms of guest syscalls for mkfs inside UML.
-    A durable image (a --state file) keeps the journal and metadata
-    checksums; a throwaway scratch disk drops both: crc32c alone was 8% of
-    the guest's CPU time in a `chown -R` over 5,000 files.
+    Made on the host, because mkfs inside UML pays a guest syscall for
+    every step. A durable image (a --state file) keeps the journal and
+    metadata checksums; a throwaway scratch disk drops both, as checksums
+    cost guest CPU on every metadata write (docs/architecture.md, "Figures").
     """
     mkfs = find_tool("mkfs.ext4")
     if mkfs is None:
