@@ -12,21 +12,16 @@ min and max wall time, and the median of the per-round ratios B/A
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from benchlib import add_umlroot_option, checked_timed  # bench/ is on sys.path
 
 
 def timed_true(umlroot: list[str], kernel: Path) -> float:
-    start = time.monotonic()
-    result = subprocess.run([*umlroot, "run", "--kernel", str(kernel), "--", "true"],
-                            capture_output=True, text=True, check=False)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"{kernel}: umlroot run -- true failed: {result.stderr.strip()}")
+    elapsed, _ = checked_timed([*umlroot, "run", "--kernel", str(kernel), "--", "true"],
+                       what=f"{kernel}: umlroot run -- true")
     return elapsed
 
 
@@ -34,9 +29,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kernels", nargs=2, type=Path, metavar="KERNEL")
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--umlroot", default="umlroot", help="how to run umlroot (default: %(default)s)")
+    add_umlroot_option(parser)
     options = parser.parse_args()
-    umlroot = shlex.split(options.umlroot)
+    umlroot = options.umlroot
     first, second = options.kernels
     for kernel in (first, second):  # warm the page cache and the init cache
         timed_true(umlroot, kernel)

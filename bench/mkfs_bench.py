@@ -22,12 +22,13 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchlib import checked  # bench/ is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,9 +48,7 @@ def tool(name: str) -> str:
 
 
 def quiet(argv: list[str], cwd: Path) -> None:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"mkfs_bench: {argv} failed ({result.returncode}): {result.stderr.strip()}")
+    checked(argv, what=f"mkfs_bench: {argv}", cwd=cwd)
 
 
 def variants(source: Path, work: Path, state: Path) -> dict[str, Callable[[], None]]:
