@@ -361,10 +361,13 @@ class Guest:
     def run(self, args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = None,
             stdout: File = None, stderr: File = None, capture_output: bool = False,
             cwd: Arg | None = None, env: Env | None = None, timeout: float | None = None,
-            check: bool = False, forward_signals: bool = False) -> CompletedProcess:
+            check: bool = False,
+            forward_signals: bool | SignalForwarder = False) -> CompletedProcess:
         """Run a command as root and wait for it, like subprocess.run. On
         `timeout` the command (its process group, then whatever it left) is
-        killed and TimeoutExpired raised; the guest lives on."""
+        killed and TimeoutExpired raised; the guest lives on.
+        `forward_signals`: True, or an installed SignalForwarder that spans
+        several commands (its `received` tells what came)."""
         with maybe_forward(forward_signals) as signals:
             return run_in(self, args, stdin=stdin, input=input, stdout=stdout, stderr=stderr,
                           capture_output=capture_output, cwd=cwd, env=env, timeout=timeout,

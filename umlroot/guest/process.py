@@ -305,7 +305,12 @@ def timeout_message(timeout: float, *, killed_guest: bool) -> str:
 
 
 @contextlib.contextmanager
-def maybe_forward(forward: bool) -> Iterator[SignalForwarder | None]:
+def maybe_forward(forward: bool | SignalForwarder) -> Iterator[SignalForwarder | None]:
+    """A forwarder for one call (True), the caller's own (one that spans
+    several calls), or none."""
+    if isinstance(forward, SignalForwarder):
+        yield forward
+        return
     if not forward:
         yield None
         return

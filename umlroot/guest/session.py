@@ -241,11 +241,14 @@ class SignalForwarder:
 
     def __init__(self) -> None:
         self.pending: list[int] = []
+        self.received: list[int] = []  # every signal while installed, SIGWINCH aside
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._restore: Callable[[], None] | None = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.pending.append(signum)
+        if signum != signal.SIGWINCH:
+            self.received.append(signum)
 
     def __enter__(self) -> Self:
         previous = {sig: signal.signal(sig, self._on_signal)

@@ -47,6 +47,7 @@ from umlroot.images.size import Content, image_size, measure
 from umlroot.guest.config import MachineConfig
 from umlroot.guest.handle import Guest
 from umlroot.guest.process import DEVNULL, PIPE, STDOUT
+from umlroot.guest.session import SignalForwarder
 from umlroot.guest.scratch import find_tool
 from umlroot.guest.state import read_info
 
@@ -166,15 +167,20 @@ def summary(output: bytes) -> str:
     return lines[-1] if lines else "no message"
 
 
-def run_step(guest: Guest, argv: Sequence[str], verbose: bool) -> int:
+def run_step(guest: Guest, argv: Sequence[str], verbose: bool,
+             signals: SignalForwarder) -> int:
     """One guest step as root. Its output is kept unless it fails (mkfs
     tools are chatty), or shown on stderr with --verbose (stdout is ours:
-    the root hash). 0, or the status to exit with (it has said why)."""
+    the root hash). 0, or the status to exit with (it has said why). A
+    signal to us goes to the step and ends the run with 128+N, whatever
+    the step made of it."""
     if verbose:
         print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
-    result = guest.run(list(argv), stdin=DEVNULL, forward_signals=True,
+    result = guest.run(list(argv), stdin=DEVNULL, forward_signals=signals,
                        stdout=sys.stderr.fileno() if verbose else PIPE,
                        stderr=None if verbose else STDOUT)
+    if signals.received:
+        return ExitCode.SIGNAL_BASE + signals.received[0]
     if result.error is not None:
         log.say(f"mkfs: {result.error} in the guest")
         return ExitCode.UMLROOT
@@ -197,9 +203,9 @@ def run_guest(plan: Plan, disk: Path, options: MkfsOptions) -> int:
     config = MachineConfig(writeback=False, state=options.state,
                            disks=(f"{disk}:name={DISK_NAME}",),
                            cwd=guest_cwd(guest_reads(options)))
-    with Guest(config) as guest:
+    with SignalForwarder() as signals, Guest(config) as guest:
         for argv in plan.guest:
-            status = run_step(guest, argv, options.verbose)
+            status = run_step(guest, argv, options.verbose, signals)
             if status:
                 guest.kill()  # the half-made image is thrown away
                 return status
