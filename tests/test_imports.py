@@ -147,3 +147,14 @@ def test_guest_init_units_form_no_cycle(tmp_path: Path) -> None:
     for unit in sorted(edges):
         if unit not in seen:
             walk(unit, [])
+
+
+def test_every_package_folder_ships() -> None:
+    """A new folder under umlroot/ must be in pyproject.toml's package list,
+    or an installed umlroot lacks it (an editable install would not notice)."""
+    pyproject = (ROOT.parent / "pyproject.toml").read_text()
+    match = re.search(r"^packages = \[(.*?)\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert match is not None
+    listed = set(re.findall(r'"([^"]+)"', match.group(1)))
+    folders = {module_name(init.parent / "__init__.py") for init in ROOT.rglob("__init__.py")}
+    assert folders <= listed

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from umlroot.errors import CalledProcessError, ExitCode, GuestError, TimeoutExpired
@@ -253,7 +252,7 @@ def _captured(sink: Sink) -> bytes | None:
 # -- run ------------------------------------------------------------------------------------
 
 
-def relay(guest: Guest, session: CommandSession, interactive: bool, stdin: int | None) -> Result:
+def drive(guest: Guest, session: CommandSession, interactive: bool, stdin: int | None) -> Result:
     """Drive a session to its end; if we are interrupted (KeyboardInterrupt,
     an error here), the guest is killed: its state is unknown."""
     try:
@@ -279,7 +278,7 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
         spec = stdio.spec(argv, resolve_cwd(cwd) if cwd is not None else None, env_bytes(env))
         session = guest.begin(spec, last=last, signals=signals,
                                limits=SessionLimits(deadline, deadline_kills_guest=last))
-        result = relay(guest, session, stdio.interactive, stdio.stdin)
+        result = drive(guest, session, stdio.interactive, stdio.stdin)
     finally:
         stdio.close_child_side()
     out, err = _captured(stdio.stdout), _captured(stdio.stderr)
@@ -353,7 +352,7 @@ class Popen:
 
     def _relay(self) -> None:
         try:
-            result = relay(self._guest, self._session, self._stdio.interactive,
+            result = drive(self._guest, self._session, self._stdio.interactive,
                            self._stdio.stdin)
             self.returncode, self.error = returncode_of(result, self._argv[0])
         except BaseException as error:  # noqa: BLE001 - handed to wait()
