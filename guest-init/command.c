@@ -52,6 +52,7 @@ struct stream {
 	long written;    /* bytes written to the file */
 	long acked;      /* bytes the host has consumed */
 	long forgotten;  /* bytes whose guest page cache copy was dropped */
+	int error;       /* errno of the first write the host refused, or 0 */
 };
 
 struct child_io {
@@ -129,6 +130,7 @@ static pid_t start_command(struct child_io *io)
 	for (int i = 0; i < 3; i++) {
 		io->out[i].src = -1;
 		io->out[i].written = io->out[i].acked = io->out[i].forgotten = 0;
+		io->out[i].error = 0;
 		io->out[i].file = -1;
 	}
 	if (cmd->tty_out || cmd->tty_err || (cmd->tty_in && cmd->tty_out)) {
@@ -247,7 +249,13 @@ static int relay_output(struct stream *s)
 	}
 	if (n == 0)
 		return -1;
-	write_all(s->file, relay_buf, (size_t)n);
+	/* A run dir on a full filesystem loses CMD's output: keep reading (CMD
+	 * must not block), and tell the host once CMD is done. */
+	if (s->error || write_all(s->file, relay_buf, (size_t)n) < 0) {
+		if (!s->error)
+			s->error = errno;
+		return 0;
+	}
 	s->written += n;
 	if (s->written - s->forgotten >= RELAY_BUF) { /* a syscall per MiB, not per write */
 		forget_written(s->file, s->forgotten, s->written - s->forgotten);
@@ -458,6 +466,8 @@ static int relay(struct child_io *io, pid_t pid, int sfd)
 static void close_io(struct child_io *io)
 {
 	for (int s = 1; s <= 2; s++) {
+		if (io->out[s].error)
+			ctl_say("OUTLOST %d %d", s, io->out[s].error);
 		if (io->out[s].file >= 0)
 			close(io->out[s].file);
 		if (io->out[s].src >= 0 && io->out[s].src != io->pty)

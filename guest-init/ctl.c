@@ -25,18 +25,19 @@ static char ctl_in[1024];
 static size_t ctl_in_len;
 static char ctl_line[256];
 
-void write_all(int fd, const char *buf, size_t len)
+int write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
 		ssize_t n = write(fd, buf, len);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			return;
+			return -1;
 		}
 		buf += n;
 		len -= (size_t)n;
 	}
+	return 0;
 }
 
 void klog(const char *fmt, ...)

@@ -20,6 +20,10 @@
  * Control protocol (lines on /dev/tty1, raw mode):
  *   guest -> host: READY | ERR <step>: <msg> | EXIT <exit|signal|notfound|noexec|nocwd> <n>
  *                  | I <chunk> (stdin chunk consumed) | WB <summary> | WBDONE | DONE
+ *                  | OUTLOST <1|2> <errno> (before EXIT: CMD's stdout/stderr
+ *                    could not be written to the run dir)
+ *                  | LOST <dev>:<count>:<errno> ... (writes the host could not
+ *                    store; before WB: `WB lost` follows, nothing written back)
  *   host -> guest, no command running:
  *                  r <N> [last] (run IO/cN/request; `last`: then finish as
  *                                for `q 1` if it exited or died of a signal,
@@ -95,7 +99,10 @@ static void mount_root(void)
 	 * the scratch away anyway, and each UBD flush is a host fsync). */
 	const char *scratch_opts = req.persistent ? "noinit_itable" : "noinit_itable,nobarrier";
 
-	do_mount("mount hostfs / read-only", "none", UR_STAGE_LOWER, "hostfs", MS_RDONLY, "/");
+	struct owner_map map = owner_map_of(&req);
+	const char *step;
+	if (mount_hostfs("/", UR_STAGE_LOWER, 1, &map, &step) < 0)
+		fail(step, errno);
 	do_mount("mount scratch disk /dev/ubda", "/dev/ubda", UR_STAGE_SCRATCH, "ext4",
 		 MS_NOATIME, scratch_opts);
 	if (mkdir(UR_STAGE_SCRATCH "/upper", 0755) < 0 && errno != EEXIST)
@@ -289,22 +296,30 @@ static void detach_loop_devices(void)
 	closedir(dir);
 }
 
-static void do_writeback(void)
+/* Returns 1 if writes were lost (nothing written back), else 0. */
+static int do_writeback(void)
 {
 	struct wb_summary sum;
 	memset(&sum, 0, sizeof(sum));
+	/* What CMD wrote may be gone from the scratch disk: writing back
+	 * holes as data would hand back corrupt files as good ones. */
+	if (lost_writes_report()) {
+		ctl_say("WB lost");
+		return 1;
+	}
 	if (req.nscopes == 0) {
 		ctl_say("WB none");
-		return;
+		return 0;
 	}
 	if (writeback(&req, UR_SCRATCH "/upper", &sum) < 0)
-		return;
+		return 0;
 	ctl_say("WB files=%lu dirs=%lu symlinks=%lu fifos=%lu hardlinks=%lu deleted=%lu "
 		"metadata=%lu owners=%lu devices=%lu sockets=%lu xattrs=%lu modebits=%lu "
 		"conflicts=%lu outside=%lu failed=%lu denied=%lu state=%d",
 		sum.files, sum.dirs, sum.symlinks, sum.fifos, sum.hardlinks, sum.deleted,
 		sum.metadata_only, sum.owners, sum.devices, sum.sockets, sum.xattrs, sum.modebits,
 		sum.conflicts, sum.outside, sum.failed, sum.denied, req.persistent);
+	return 0;
 }
 
 /* W: write back between commands. Filesystems the commands mounted (an
@@ -347,18 +362,23 @@ static __attribute__((noreturn)) void finish(int ran)
 	 * (loop-mounted images are unmounted cleanly). */
 	close(cmd_ns_fd);
 	detach_loop_devices();
+	int lost = 0;
 	if (ran)
-		do_writeback();
+		lost = do_writeback();
 	else
 		ctl_say("WB none");
-	if (req.persistent && ran)
+	/* A state that lost writes is not one to build on: not recorded. */
+	if (req.persistent && ran && !lost)
 		state_finish(&req, UR_SCRATCH);
 	/* hostfs writes are write-through, so writeback needs no sync; a
 	 * throwaway scratch disk needs none either (it is thrown away, and a
 	 * sync costs a host write of all CMD left there). A --state file and
-	 * --disk images do. */
-	if (req.persistent || req.ndisks > 0)
+	 * --disk images do, and only then is it known whether the host stored
+	 * all of them. */
+	if (req.persistent || req.ndisks > 0) {
 		sync();
+		lost_writes_report();
+	}
 	ctl_say("DONE");
 	power_off();
 }

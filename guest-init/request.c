@@ -90,6 +90,8 @@ void read_machine_request(const char *path, struct machine_request *m)
 			m->hostname = value;
 		} else if (!strcmp(tag, "net")) {
 			m->net = value[0] == '1';
+		} else if (!strcmp(tag, "map-owners")) {
+			m->map_owners = value[0] == '1';
 		} else if (!strcmp(tag, "disk")) {
 			if (m->ndisks >= UR_MAX_DISKS)
 				fail("parse request: too many disks", E2BIG);

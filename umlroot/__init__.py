@@ -10,6 +10,7 @@ from umlroot.errors import (
     GuestBusyError,
     GuestClosedError,
     GuestError,
+    LostWritesError,
     TimeoutExpired,
     UmlrootError,
 )
@@ -17,11 +18,12 @@ from umlroot.guest.config import MachineConfig
 from umlroot.guest.handle import Guest, run
 from umlroot.guest.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen
 from umlroot.guest.writeback import WritebackReport
+from umlroot.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess", "ExitCode", "Guest",
-    "GuestBusyError", "GuestClosedError", "GuestError", "MachineConfig", "Popen", "TimeoutExpired",
+    "GuestBusyError", "GuestClosedError", "GuestError", "LostWritesError", "MachineConfig",
+    "Popen", "TimeoutExpired",
     "UmlrootError", "WritebackReport", "run",
 ]

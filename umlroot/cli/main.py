@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from umlroot import __version__
+from umlroot.version import __version__
 from umlroot.errors import ExitCode, UmlrootError
 
 _debug = False

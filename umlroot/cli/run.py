@@ -51,6 +51,10 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option("--net", is_flag=True,
               help="Give the guest a network (user-mode slirp: no privileges). The host's "
                    "loopback services are at 10.0.2.2. Off by default: builds stay hermetic.")
+@click.option("--real-owners", is_flag=True,
+              help="Show host files with their real owners. By default your own files "
+                   "show as root's (as under fakeroot and in a user namespace), so an "
+                   "archive or image made of them is root's.")
 @click.option("--keep-scratch", is_flag=True,
               help="Keep the run directory (scratch disk, kernel log) and print where.")
 @click.option("-v", "--verbose", is_flag=True,

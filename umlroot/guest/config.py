@@ -52,6 +52,9 @@ class MachineConfig:
     disks: Sequence[str] = ()
     # Off by default, so builds stay hermetic (umlroot/guest/net.py).
     net: bool = False
+    # Host files show their real owners; by default yours show as root's, as
+    # under fakeroot and in a user namespace that maps root to you.
+    real_owners: bool = False
     keep_scratch: bool = False
     verbose: bool = False
 

@@ -34,6 +34,7 @@ from umlroot.errors import (
     GuestBusyError,
     GuestClosedError,
     GuestError,
+    LostWritesError,
     TimeoutExpired,
 )
 from umlroot.guest.channel import BootFailed, ControlChannel
@@ -78,7 +79,7 @@ from umlroot.guest.session import (
     SignalForwarder,
 )
 from umlroot.guest.state import open_state
-from umlroot.guest.writeback import WritebackReport
+from umlroot.guest.writeback import BlockStore, WritebackReport, lost_writes_line
 from umlroot.guest.writeback import load as load_report
 from umlroot.kernel import memory as guestmem
 from umlroot.kernel.guest_init import build_guest_init
@@ -192,6 +193,19 @@ class Guest:
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
         attached = attach_disks(disk_specs, self.run_dir)
+        # For a lost-writes message: where each device's host file lives.
+        self._scopes = scopes
+        self._stores = {"ubda": (
+            BlockStore("the --state file", options.state.resolve().parent,
+                       "the state file may be damaged: make room there, then check it "
+                       "with `umlroot state info`")
+            if options.state is not None else
+            BlockStore("the scratch disk", self.run_dir.parent,
+                       "set TMPDIR to a larger filesystem"))}
+        for index, disk_spec in enumerate(disk_specs, start=1):
+            self._stores[f"ubd{chr(ord('a') + index)}"] = BlockStore(
+                f"disk {disk_spec.text}", disk_spec.path.resolve().parent,
+                "the image is incomplete: make room there")
         helper = stack.enter_context(network(self.run_dir)) if options.net else None
         self._disk_env = attached.env
         self.disks: dict[str, str] = {link.name: f"{DISK_DIR}/{link.name}"
@@ -200,7 +214,8 @@ class Guest:
             tmpfs_tmp=not needs_host_tmp(self.cwd, scopes),
             persistent=options.state is not None, scopes=scopes, start_ns=time.time_ns(),
             host_uid=os.getuid(), host_gid=os.getgid(), verbose=options.verbose,
-            disks=attached.links, hostname=os.fsencode(socket.gethostname()), net=options.net)
+            disks=attached.links, hostname=os.fsencode(socket.gethostname()), net=options.net,
+            map_owners=not options.real_owners)
         (self.run_dir / "request").write_bytes(request.encode())
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=self.run_dir,
                            disks=[UbdDisk(scratch), *attached.ubd], mem=options.mem,
@@ -331,7 +346,7 @@ class Guest:
                     self._dead = "it crashed"
                     raise self._failed("the guest crashed after the command finished "
                                         "(during writeback)")
-                self._final_report = self._report(result.writeback)
+                self._final_report = self._report(result.writeback, result.lost)
                 self._shut_down()
 
     def abandon(self, session: CommandSession) -> None:
@@ -380,10 +395,21 @@ class Guest:
 
     # -- writeback and the end --------------------------------------------------------------
 
-    def _report(self, line: str | None) -> WritebackReport | None:
-        if line is None or line.strip() == "none":
-            return None
-        return load_report(line, self.run_dir)
+    def _report(self, line: str | None, lost: str | None) -> WritebackReport | None:
+        # Scope `/` (fakeroot's): paths the host denies you are expected.
+        report = load_report(line, self.run_dir, lost=lost,
+                             denied_fails=b"/" not in self._scopes)
+        if report is not None and report.lost:
+            report.lost_message = lost_writes_line(report.lost, self._stores,
+                                                   written_back=not report.skipped)
+        return report
+
+    @staticmethod
+    def _checked(report: WritebackReport | None) -> WritebackReport | None:
+        """report, unless writes were lost: then LostWritesError."""
+        if report is not None and report.lost_message is not None:
+            raise LostWritesError(report.lost_message, report)
+        return report
 
     def _await(self, final: str, what: str, timeout: float) -> dict[str, str]:
         """Read control lines until `final`; returns the last line of each
@@ -422,7 +448,7 @@ class Guest:
             self._check_usable()
             self.channel.send("W")
             seen = self._await("WBDONE", "writeback", timeout)
-            return self._report(seen.get("WB"))
+            return self._checked(self._report(seen.get("WB"), seen.get("LOST")))
 
     def close(self, timeout: float = WRITEBACK_TIMEOUT) -> WritebackReport | None:
         """Write back, power off, remove everything. A command still running
@@ -452,12 +478,12 @@ class Guest:
                 self.channel.send("q 1")
                 seen = self._await("DONE", "writeback", timeout)
                 self.phases["writeback"] = time.monotonic() - self._started
-                self._final_report = self._report(seen.get("WB"))
+                self._final_report = self._report(seen.get("WB"), seen.get("LOST"))
         except BaseException:
             self.kill()
             raise
         self._shut_down()
-        return self._final_report
+        return self._checked(self._final_report)
 
     def _shut_down(self) -> None:
         # The init has synced every filesystem (UBD and hostfs writes are

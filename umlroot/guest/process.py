@@ -114,6 +114,22 @@ def returncode_of(result: Result, argv0: bytes) -> tuple[int, str | None]:
                               f"{os.strerror(result.value)}")
 
 
+def with_delivery(returncode: int, error: str | None, report: WritebackReport | None,
+                  lost_writes: str | None) -> tuple[int, str | None]:
+    """A run's status once its output is accounted for: a fault never passes
+    as success. Writes the host could not store make any run fail (125: the
+    guest's files, or an image, cannot be trusted). Output in scope that
+    could not be delivered (a full or read-only destination, a conflict)
+    fails a run whose command succeeded (125: umlroot's failure, not the
+    command's; the writeback summary names the paths); a failed command
+    keeps its own status."""
+    if lost_writes is not None:
+        return ExitCode.UMLROOT, lost_writes
+    if report is not None and not report.delivered() and returncode == 0:
+        return ExitCode.UMLROOT, error
+    return returncode, error
+
+
 # -- stdio -----------------------------------------------------------------------------
 
 
@@ -289,8 +305,19 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
     returncode, error = returncode_of(result, argv[0])
     finished = result.killed_by is None and result.outcome in (Outcome.EXITED,
                                                                Outcome.SIGNALED)
-    completed = CompletedProcess(args, returncode, out, err, error=error,
-                                 writeback=guest.final_report if last else None,
+    for stream, name, sink in ((1, "stdout", stdio.stdout), (2, "stderr", stdio.stderr)):
+        if sink.error is not None:
+            returncode = ExitCode.UMLROOT
+            error = f"could not pass on the command's {name}: {sink.error.strerror}"
+        if stream in result.output_lost:
+            returncode = ExitCode.UMLROOT
+            error = (f"the command's {name} was lost: the guest could not store it in the "
+                     f"run directory ({os.strerror(result.output_lost[stream])} in "
+                     f"{guest.run_dir.parent}); set TMPDIR to a larger filesystem")
+    report = guest.final_report if last else None
+    lost = report.lost_message if report is not None else None
+    returncode, error = with_delivery(returncode, error, report, lost)
+    completed = CompletedProcess(args, returncode, out, err, error=error, writeback=report,
                                  finished=finished)
     if check:
         completed.check_returncode()

@@ -30,6 +30,7 @@ from umlroot.images.gpt import wrap_in_gpt, write_gpt
 from umlroot.images.length import image_length
 from umlroot.images.options import (
     MkfsOptions,
+    Owners,
     Partitioning,
     SourceKind,
     check_combination,
@@ -202,7 +203,8 @@ def run_guest(plan: Plan, disk: Path, options: MkfsOptions) -> int:
     # it cannot be mistaken for part of the path.
     config = MachineConfig(writeback=False, state=options.state,
                            disks=(f"{disk}:name={DISK_NAME}",),
-                           cwd=guest_cwd(guest_reads(options)))
+                           cwd=guest_cwd(guest_reads(options)),
+                           real_owners=options.owners is Owners.REAL)
     with SignalForwarder() as signals, Guest(config) as guest:
         for argv in plan.guest:
             status = run_step(guest, argv, options.verbose, signals)
@@ -277,10 +279,42 @@ def build(options: MkfsOptions, kind: SourceKind, stage: Path) -> tuple[Path, st
     return image, root_hash
 
 
+def only_yours(top: Path) -> bool:
+    """Whether every entry of the tree is owned by you (uid and gid)."""
+    uid, gid = os.getuid(), os.getgid()
+    stack = [str(top)]
+    st = os.lstat(top)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        return False
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    return False
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return True
+
+
+def resolve_owners(options: MkfsOptions, kind: SourceKind) -> MkfsOptions:
+    """The default (your files root's) for a tree of only your files is
+    --all-root, which the offline tools do without booting a guest."""
+    if (kind is SourceKind.DIRECTORY and options.owners is Owners.YOURS_AS_ROOT
+            and only_yours(options.source)):
+        return replace(options, all_root=True)
+    return options
+
+
 def make_image(options: MkfsOptions) -> int:
     options = absolute(options)
     kind = source_kind(options.source)
     check_combination(options, kind)
+    try:
+        options = resolve_owners(options, kind)
+    except OSError as error:
+        raise UmlrootError(f"SOURCE {options.source}: cannot read {error.filename}: "
+                           f"{error.strerror}") from None
     check_visible(guest_reads(options))
     check_inputs(options)
     with staging(options.output) as stage:
