@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -31,12 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fakeroot_workload import (  # bench/ is on sys.path
-    WORKLOAD,
-    fresh_tree,
-    steal_seconds,
-    tree_size,
-)
+from benchlib import add_umlroot_option, steal_seconds, tree_size  # bench/ is on sys.path
+from fakeroot_workload import WORKLOAD, fresh_tree
 
 import umlroot
 
@@ -105,10 +100,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--commands", type=int, default=50)
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
-    parser.add_argument("--umlroot", default="umlroot run --",
-                        help="the `umlroot run` command line before CMD")
+    add_umlroot_option(parser)
     args = parser.parse_args()
-    cli = shlex.split(args.umlroot)
+    cli = [*args.umlroot, "run", "--"]
     files, size = tree_size(args.source)
     print(f"tree: {args.source}, {files} entries, {size / 1e6:.0f} MB; "
           f"load before: {os.getloadavg()[0]:.2f}, cpus: {os.cpu_count()}")

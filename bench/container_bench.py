@@ -25,10 +25,10 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import add_umlroot_option, checked_timed  # bench/ is on sys.path
 
 from fakeroot_workload import WORKLOAD, fresh_tree  # bench/ is on sys.path
 
@@ -42,14 +42,9 @@ def namespace_argv(container: bool, inner: list[str]) -> list[str]:
 
 
 def timed(container: bool, inner: list[str]) -> float:
-    start = time.monotonic()
-    result = subprocess.run(namespace_argv(container, inner), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, check=False)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        where = "inside" if container else "outside"
-        sys.exit(f"{where}: {shlex.join(inner)} failed ({result.returncode}): "
-                 f"{result.stderr.strip()}")
+    where = "inside" if container else "outside"
+    elapsed, _ = checked_timed(namespace_argv(container, inner), what=f"{where}: {shlex.join(inner)}",
+                       stdout=subprocess.DEVNULL)
     return elapsed
 
 
@@ -65,12 +60,12 @@ def main() -> None:
                         help="prefix that runs a command as the unprivileged user")
     parser.add_argument("--owner", default=None,
                         help="user:group owning the work directory [default: from --run-as]")
-    parser.add_argument("--umlroot", default="umlroot", help="how that user runs umlroot")
+    add_umlroot_option(parser)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
     args = parser.parse_args()
     run_as = shlex.split(args.run_as)
-    umlroot = shlex.split(args.umlroot)
+    umlroot = args.umlroot
     owner = args.owner or f"{run_as[run_as.index('-u') + 1]}:"
     work = Path(tempfile.mkdtemp(prefix="container-bench-", dir="/var/tmp"))
     work.chmod(0o755)

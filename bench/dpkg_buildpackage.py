@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fakeroot_workload import interleaved, report_times, steal_seconds
+from benchlib import add_umlroot_option, interleaved, report_times, steal_seconds
 
 DEMO_PKG = Path(__file__).resolve().parent.parent / "tests" / "data" / "demo-pkg"
 DEB = "umlroot-demo_1.0_all.deb"
@@ -52,10 +53,9 @@ def one_build(gain_root: str, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--umlroot", default="umlroot fakeroot",
-                        help="the gain-root command for umlroot [default: %(default)s]")
+    add_umlroot_option(parser)
     args = parser.parse_args()
-    tools = {"fakeroot": "fakeroot", "umlroot": args.umlroot}
+    tools = {"fakeroot": "fakeroot", "umlroot": shlex.join([*args.umlroot, "fakeroot"])}
     print(f"package: {DEMO_PKG}")
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
     stolen_before = steal_seconds()

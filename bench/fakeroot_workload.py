@@ -3,6 +3,8 @@
 
     bench/fakeroot_workload.py [--source DIR] [--runs N] [--umlroot CMD] [--phases]
 
+(--umlroot: how to run umlroot; see benchlib.py.)
+
 Each round copies DIR (default /usr/share/doc: ~5,000 files, ~117 MB) to a
 fresh `tree` in a scratch directory (not timed), then times
 
@@ -24,25 +26,23 @@ import os
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import (
+    add_umlroot_option,
+    checked,
+    guest_writeback_ms,
+    interleaved,
+    report_times,
+    steal_seconds,
+    tree_size,
+)
+
 WORKLOAD = "chown -R 0:0 tree && mknod tree/null c 1 3 && tar -cf out.tar tree"
-
-
-def tree_size(path: Path) -> tuple[int, int]:
-    files = size = 0
-    for root, dirs, names in os.walk(path):
-        for name in names + dirs:
-            st = os.lstat(os.path.join(root, name))
-            files += 1
-            size += st.st_size if not os.path.isdir(os.path.join(root, name)) else 0
-    return files, size
 
 
 def fresh_tree(source: Path, work: Path) -> None:
@@ -59,11 +59,8 @@ def fresh_tree(source: Path, work: Path) -> None:
 
 def run_checked(tool: list[str], script: str, work: Path) -> str:
     """Run `TOOL sh -c SCRIPT` in work; exit on failure; return its stderr."""
-    result = subprocess.run([*tool, "sh", "-c", script], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, errors="replace", check=False)
-    if result.returncode != 0:
-        sys.exit(f"{shlex.join(tool)} failed ({result.returncode}): {result.stderr}")
-    return result.stderr
+    return checked([*tool, "sh", "-c", script], what=shlex.join(tool), cwd=work,
+                   stdout=subprocess.DEVNULL).stderr
 
 
 def one_run(tool: list[str], source: Path, work: Path) -> float:
@@ -103,48 +100,11 @@ def show_phases(umlroot: list[str], source: Path, work: Path) -> None:
     print(f"guest system calls of the workload (strace -f -c inside): {total.split()[3]}")
 
 
-def guest_writeback_ms(stderr: str) -> int:
-    """The init's own figure from the kernel log (--verbose)."""
-    return int(re.findall(r"umlroot-init: writeback: (\d+) ms", stderr)[-1])
-
-
-def steal_seconds() -> float:
-    """CPU time stolen from this VM by the hypervisor, all CPUs, since boot."""
-    with open("/proc/stat") as stat:
-        fields = stat.readline().split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
-
-
-def interleaved(names: list[str], runs: int, one: Callable[[str], float]) -> dict[str, list[float]]:
-    """`runs` rounds of one(name) for each name in turn, so that every tool
-    sees the same minutes of this shared machine."""
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(runs):
-        for name in names:
-            elapsed = one(name)
-            times[name].append(elapsed)
-            print(f"run {i + 1} {name:9} {elapsed:6.2f} s", flush=True)
-    return times
-
-
-def report_times(times: dict[str, list[float]]) -> None:
-    """Medians, their ratio and the per-round ratios (umlroot/fakeroot)."""
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"load after: {os.getloadavg()[0]:.2f}")
-    for name, median in medians.items():
-        print(f"median {name:9} {median:6.2f} s")
-    print(f"ratio umlroot/fakeroot: {medians['umlroot'] / medians['fakeroot']:.2f}")
-    rounds = [u / f for u, f in zip(times["umlroot"], times["fakeroot"])]
-    print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in rounds)}, "
-          f"median {statistics.median(rounds):.2f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--umlroot", default="umlroot run --",
-                        help="the umlroot command line before `sh -c ...`")
+    add_umlroot_option(parser)
     parser.add_argument("--phases", action="store_true",
                         help="instead of timing against fakeroot, show where umlroot's time goes")
     args = parser.parse_args()
@@ -154,10 +114,10 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
     if args.phases:
         with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
-            show_phases(shlex.split(args.umlroot), args.source, Path(tmp))
+            show_phases([*args.umlroot, "run", "--"], args.source, Path(tmp))
         return
     stolen_before = steal_seconds()
-    tools = {"fakeroot": ["fakeroot"], "umlroot": shlex.split(args.umlroot)}
+    tools = {"fakeroot": ["fakeroot"], "umlroot": [*args.umlroot, "run", "--"]}
     with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
         times = interleaved(list(tools), args.runs,
                             lambda name: one_run(tools[name], args.source, Path(tmp)))

@@ -19,13 +19,10 @@ import argparse
 import re
 import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from fakeroot_workload import guest_writeback_ms, steal_seconds
+from benchlib import add_umlroot_option, checked_timed, guest_writeback_ms, steal_seconds
 
 SCRIPT = ("truncate -s 2G root.img && mkfs.ext4 -q root.img && mkdir /run/m && "
           "mount -o loop root.img /run/m && cp -a {source} /run/m/ && umount /run/m && "
@@ -33,14 +30,8 @@ SCRIPT = ("truncate -s 2G root.img && mkfs.ext4 -q root.img && mkdir /run/m && "
 
 
 def one_round(umlroot: list[str], source: Path, work: Path) -> tuple[int, float, int, int]:
-    start = time.monotonic()
-    result = subprocess.run([*umlroot, "--verbose", "--", "sh", "-c",
-                             SCRIPT.format(source=shlex.quote(str(source)))],
-                            cwd=work, capture_output=True, text=True, errors="replace",
-                            check=False)
-    wall = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"umlroot failed ({result.returncode}): {result.stderr[-3000:]}")
+    wall, result = checked_timed([*umlroot, "--verbose", "--", "sh", "-c",
+                          SCRIPT.format(source=shlex.quote(str(source)))], what="umlroot", cwd=work)
     inside = int(re.findall(r"allocated-inside (\d+)", result.stdout)[0]) * 512
     host = (work / "root.img").stat().st_blocks * 512
     return guest_writeback_ms(result.stderr), wall, inside, host
@@ -50,14 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--source", type=Path, default=Path("/usr/share/doc"))
-    parser.add_argument("--umlroot", default="umlroot run",
-                        help="the umlroot command before its options [default: %(default)s]")
+    add_umlroot_option(parser)
     args = parser.parse_args()
     stolen_before = steal_seconds()
     writebacks, walls = [], []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="umlroot-bench-") as tmp:
-            wb, wall, inside, host = one_round(shlex.split(args.umlroot), args.source, Path(tmp))
+            wb, wall, inside, host = one_round([*args.umlroot, "run"], args.source, Path(tmp))
         writebacks.append(wb)
         walls.append(wall)
         print(f"run {i + 1}: writeback {wb} ms, wall {wall:.2f} s, allocated inside "

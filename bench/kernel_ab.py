@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchlib import add_umlroot_option, checked_timed  # bench/ is on sys.path
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,7 @@ class Side:
 def timed_run(umlroot: list[str], side: Side, command: str) -> float:
     argv = [*umlroot, "run", "--kernel", str(side.kernel), *side.options, "--",
             "sh", "-c", command]
-    start = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"{shlex.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    elapsed, _ = checked_timed(argv)
     return elapsed
 
 
@@ -49,19 +45,20 @@ def main() -> int:
     parser.add_argument("kernels", nargs=2, type=Path, metavar="KERNEL")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--command", default="true", help="shell command (default: %(default)s)")
-    parser.add_argument("--options-a", default="", help="extra `umlroot run` options for A")
-    parser.add_argument("--options-b", default="", help="extra `umlroot run` options for B")
-    parser.add_argument("--umlroot", default="umlroot", help="how to run umlroot (default: %(default)s)")
+    parser.add_argument("--options-a", default="", type=shlex.split,
+                        help="extra `umlroot run` options for A")
+    parser.add_argument("--options-b", default="", type=shlex.split,
+                        help="extra `umlroot run` options for B")
+    add_umlroot_option(parser)
     options = parser.parse_args()
-    umlroot = shlex.split(options.umlroot)
-    sides = (Side("A", options.kernels[0], shlex.split(options.options_a)),
-             Side("B", options.kernels[1], shlex.split(options.options_b)))
+    sides = (Side("A", options.kernels[0], options.options_a),
+             Side("B", options.kernels[1], options.options_b))
     for side in sides:  # warm the page cache and the init cache
-        timed_run(umlroot, side, options.command)
+        timed_run(options.umlroot, side, options.command)
     times: dict[str, list[float]] = {side.label: [] for side in sides}
     for _ in range(options.runs):
         for side in sides:
-            times[side.label].append(timed_run(umlroot, side, options.command))
+            times[side.label].append(timed_run(options.umlroot, side, options.command))
     print(f"command: {options.command}")
     for side in sides:
         ts = times[side.label]

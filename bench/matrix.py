@@ -41,11 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fakeroot_workload import (  # bench/ is on sys.path
-    WORKLOAD,
-    fresh_tree,
-    steal_seconds,
-)
+from benchlib import add_umlroot_option, steal_seconds  # bench/ is on sys.path
+from fakeroot_workload import WORKLOAD, fresh_tree
 
 HERE = Path(__file__).resolve().parent
 DATA_SIZE = 100 * 1024 * 1024
@@ -242,8 +239,7 @@ def main() -> None:
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--only", default="",
                         help="comma-separated workload names (default: all)")
-    parser.add_argument("--umlroot", default="umlroot",
-                        help="the umlroot command (e.g. 'python3 -m umlroot')")
+    add_umlroot_option(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where inputs go (default: a new directory in TMPDIR)")
     parser.add_argument("--kernel", type=Path, default=None,
@@ -256,7 +252,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     chosen = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
-    umlroot = shlex.split(args.umlroot)
+    umlroot = args.umlroot
     with tempfile.TemporaryDirectory(prefix="umlroot-matrix-", dir=args.workdir) as tmp:
         work = Path(tmp)
         prepare(work)

@@ -22,18 +22,19 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import checked  # bench/ is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from umlroot.mkfs_options import FsType
-from umlroot.mkfs_size import filesystem_size, measure_directory
+from umlroot.images.options import FsType
+from umlroot.images.size import filesystem_size, measure_directory
 
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 UMLROOT = os.environ.get("UMLROOT", f"{sys.executable} -m umlroot").split()
@@ -47,9 +48,7 @@ def tool(name: str) -> str:
 
 
 def quiet(argv: list[str], cwd: Path) -> None:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"mkfs_bench: {argv} failed ({result.returncode}): {result.stderr.strip()}")
+    checked(argv, what=f"mkfs_bench: {argv}", cwd=cwd)
 
 
 def variants(source: Path, work: Path, state: Path) -> dict[str, Callable[[], None]]:

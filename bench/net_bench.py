@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import shlex
 import statistics
 import subprocess
 import sys
@@ -38,14 +37,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchlib import add_umlroot_option, checked  # bench/ is on sys.path
+
 CURL_TIME = ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total}\n"]
 
 
 def check_output(argv: Sequence[str], cwd: Path) -> str:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"{shlex.join(argv)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-    return result.stdout
+    return checked(argv, cwd=cwd, tail=2000).stdout
 
 
 def serve(directory: Path) -> http.server.ThreadingHTTPServer:
@@ -138,14 +136,14 @@ def mmdebstrap(umlroot: list[str], work: Path, rounds: int, suite: str, mirror: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--umlroot", default="umlroot", help="how to run umlroot (default: %(default)s)")
+    add_umlroot_option(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=100)
     parser.add_argument("--suite", default="bookworm")
     parser.add_argument("--mirror", default="http://deb.debian.org/debian")
     parser.add_argument("--no-mmdebstrap", action="store_true")
     options = parser.parse_args()
-    umlroot = shlex.split(options.umlroot)
+    umlroot = options.umlroot
     with tempfile.TemporaryDirectory(prefix="umlroot-net-bench-", dir=Path.home()) as tmp:
         work = Path(tmp)
         download(umlroot, work, options.rounds, options.size_mib)

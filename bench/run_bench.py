@@ -24,22 +24,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from benchlib import add_umlroot_option, checked_timed  # bench/ is on sys.path
 
 
 def wall(argv: list[str], **kwargs: object) -> float:
-    start = time.monotonic()
-    subprocess.run(argv, check=True, **kwargs)  # type: ignore[call-overload]
-    return time.monotonic() - start
+    return checked_timed(argv, stdout=None, stderr=None, **kwargs)[0]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--umlroot", default=shutil.which("umlroot") or "umlroot")
+    add_umlroot_option(parser)
     parser.add_argument("--kernel", help="UML kernel to use (default: umlroot's choice)")
     args = parser.parse_args()
-    umlroot = [args.umlroot]
+    umlroot = args.umlroot
     run = [*umlroot, "run", *(["--kernel", args.kernel] if args.kernel else [])]
     work = tempfile.mkdtemp(prefix="umlroot-bench-")
     try:

@@ -1,1 +1,1 @@
-"""The guest init's C sources, shipped as package data (see umlroot/guestinit.py)."""
+"""The guest init's C sources, shipped as package data (built by umlroot/kernel/guest_init.py)."""

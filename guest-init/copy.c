@@ -111,3 +111,8 @@ int copy_sparse(int in, int out)
 	}
 	return ftruncate(out, size);
 }
+
+void forget_written(int fd, off_t from, off_t len)
+{
+	posix_fadvise(fd, from, len, POSIX_FADV_DONTNEED);
+}

@@ -20,7 +20,7 @@
 
 #include "init.h"
 
-struct owner_map owner_map_of(const struct request *req)
+struct owner_map owner_map_of(const struct machine_request *req)
 {
 	struct owner_map map = {req->map_owners, req->host_uid, req->host_gid};
 	return map;

@@ -22,6 +22,14 @@
 #define UR_IO UR_DIR "/io"           /* hostfs of the host's run dir, rw */
 #define UR_WB UR_DIR "/wb"           /* hostfs of each writeback scope, rw */
 
+/* Where boot assembles that tree before the overlay becomes "/" (in the
+ * initial tmpfs on /run, gone once the root is switched). */
+#define UR_STAGE "/run/s"
+#define UR_STAGE_LOWER UR_STAGE "/lower"     /* becomes UR_LOWER */
+#define UR_STAGE_SCRATCH UR_STAGE "/scratch" /* becomes UR_SCRATCH */
+#define UR_STAGE_IO UR_STAGE "/io"           /* becomes UR_IO */
+#define UR_STAGE_NEW UR_STAGE "/new"         /* the overlay: the new "/" */
+
 #define UR_MAX_ARGS 4096
 #define UR_MAX_ENV 8192
 #define UR_MAX_SCOPES 64
@@ -32,18 +40,12 @@ struct disk {
 	char name[256]; /* stable name under /dev/disk/by-umlroot */
 };
 
-/* The request: the machine's part from IO/request (written before boot),
- * the command's part from IO/c<N>/request (one per command). */
-struct request {
-	/* the command */
-	char *argv[UR_MAX_ARGS + 1];
-	char *envp[UR_MAX_ENV + 1];
-	const char *cwd;
-	mode_t umask;
-	int tty_in, tty_out, tty_err; /* host fd 0/1/2 is a terminal */
-	int merge_stderr;             /* stderr goes where stdout goes */
-	unsigned short rows, cols;
-	/* the machine */
+/* The requests (request.c): the machine's from IO/request (written before
+ * boot), each command's from IO/c<N>/request. Both are records of
+ * "tag\0value\0"; values point into the unit's own buffers, which live as
+ * long as the guest (the machine's) or until the next command's request. A
+ * malformed request fails the boot step that reads it. */
+struct machine_request {
 	int tmpfs_tmp;  /* mount a fresh tmpfs on /tmp */
 	int persistent; /* scratch is a --state file: keep barriers + journal */
 	const char *scopes[UR_MAX_SCOPES];
@@ -62,6 +64,50 @@ struct request {
 	int map_owners; /* the invoking user's host files are root's inside */
 };
 
+struct command_request {
+	char *argv[UR_MAX_ARGS + 1];
+	char *envp[UR_MAX_ENV + 1];
+	const char *cwd;
+	mode_t umask;
+	int tty_in, tty_out, tty_err; /* host fd 0/1/2 is a terminal */
+	int merge_stderr;             /* stderr goes where stdout goes */
+	unsigned short rows, cols;
+};
+
+void read_machine_request(const char *path, struct machine_request *m);
+void read_command_request(const char *path, struct command_request *c);
+
+/* Messages and the control channel (ctl.c), which every other unit uses.
+ * klog() writes a line to the kernel log (the host's run log); ctl_say()
+ * one line to the host. fail() reports a failed step both ways and powers
+ * off; power_off() syncs and never returns (PID 1 must not exit). */
+void ctl_open(void);
+int ctl_poll_fd(void);
+void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void klog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+__attribute__((noreturn)) void fail(const char *step, int err);
+__attribute__((noreturn)) void power_off(void);
+/* Returns 0, or -1 with errno set when fd refused the rest. */
+int write_all(int fd, const char *buf, size_t len);
+long clock_ms(clockid_t clock);
+/* Lines from the host: ctl_read() reads what arrived and hands each
+ * complete line to handle(); ctl_dispatch() hands over the lines already
+ * received. ctl_read returns -1 once the host closed the channel. */
+typedef void ctl_handler(char *line, void *ctx);
+void ctl_dispatch(ctl_handler *handle, void *ctx);
+int ctl_read(ctl_handler *handle, void *ctx);
+
+/* One command (command.c): set up its stdio and start it in the commands'
+ * mount namespace `ns_fd`, relay its stdio through the files in `dir`
+ * (IO/c<N>) while taking the host's lines, reap it. */
+struct outcome {
+	const char *kind; /* exit, signal, notfound, noexec, nocwd */
+	int value;
+};
+struct outcome run_command(const struct command_request *cmd, const char *dir, int ns_fd);
+/* Kill and reap everything but init (what a command left running). */
+void kill_leftovers(void);
+
 /* hostfs mounts (hostfs.c). With `enabled`, host files of uid/gid show as
  * root's and root is written to the host as uid/gid. */
 struct owner_map {
@@ -74,7 +120,7 @@ struct owner_map {
 int mount_hostfs(const char *host_path, const char *target, int read_only,
 		 const struct owner_map *map, const char **failed_step);
 /* The map a request asks for. */
-struct owner_map owner_map_of(const struct request *req);
+struct owner_map owner_map_of(const struct machine_request *req);
 
 /* Writes the host could not store (lostwrites.c): tells the host in one
  * line, `LOST <dev>:<count>:<host errno> ...`, if any guest block device
@@ -83,7 +129,7 @@ int lost_writes_report(void);
 
 /* The guest's network (net.c). slirp's fixed addresses: the guest, its
  * netmask, the host (gateway; the host's 127.0.0.1 is reachable there), and
- * slirp's DNS proxy. umlroot/net.py documents the same numbers. */
+ * slirp's DNS proxy. umlroot/guest/net.py documents the same numbers. */
 #define UR_NET_GUEST "10.0.2.15"
 #define UR_NET_NETMASK "255.255.255.0"
 #define UR_NET_HOST "10.0.2.2"
@@ -104,9 +150,9 @@ struct dirent64 *dir_next(struct dir_iter *it);
 void dir_close(struct dir_iter *it);
 
 /* hostfs writes through to the host file, so the guest's page cache copy of
- * what was written is useless: dropping it (init.c) lets the next write
+ * what was written is useless: dropping it (copy.c) lets the next write
  * reuse the same guest memory instead of touching, and faulting in, new host
- * pages (writeback of 78 MB: 111-143 ms -> 94-116 ms). */
+ * pages (docs/writeback.md). */
 void forget_written(int fd, off_t from, off_t len);
 
 /* Copy all of `in` to `out` (new or empty), holes and zero blocks left as
@@ -118,11 +164,6 @@ int copy_sparse(int in, int out);
  * has it (exit 127), else why it cannot be executed (126). */
 int exec_command(char *const argv[], char *const envp[]);
 
-/* Control channel (init.c). ctl_say() writes one line to the host. */
-void ctl_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* A line to the kernel log (the host's run log). */
-void klog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 /* Writeback (writeback.c): apply what changed under each scope to the host.
  * Returns 0, or -1 after reporting a failure with ctl_say("WBERR ..."). */
 struct wb_summary {
@@ -132,7 +173,7 @@ struct wb_summary {
 	unsigned long failed;  /* paths that could not be written (see the report) */
 	unsigned long denied;  /* paths the host does not let the user write */
 };
-int writeback(const struct request *req, const char *upper, struct wb_summary *sum);
+int writeback(const struct machine_request *req, const char *upper, struct wb_summary *sum);
 
 /* --state (state.c). The state disk's root holds UR_STATE_META, a small
  * text file of key=value lines (format, created, runs, last_seen, paths)
@@ -149,7 +190,7 @@ int writeback(const struct request *req, const char *upper, struct wb_summary *s
  * host deletes one later, the next run drops it from the state too. */
 #define UR_HOST_MARK "trusted.umlroot.host"
 #define UR_STATE_FORMAT 1
-int state_reconcile(const struct request *req, const char *scratch, const char *lower);
-int state_finish(const struct request *req, const char *scratch);
+int state_reconcile(const struct machine_request *req, const char *scratch, const char *lower);
+int state_finish(const struct machine_request *req, const char *scratch);
 
 #endif

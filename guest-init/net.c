@@ -1,7 +1,7 @@
 /* The guest's network (umlroot run --net): loopback always, eth0 when asked.
  *
  * eth0 is UML's vector device on a socketpair whose other end a user-mode
- * slirp on the host serves (umlroot/net.py). slirp has no DHCP client to
+ * slirp on the host serves (umlroot/guest/net.py). slirp has no DHCP client to
  * wait for here: its addresses are fixed by convention (10.0.2.0/24, the
  * host at .2, its DNS proxy at .3, the guest at .15), so the init sets them
  * with a few ioctls, which costs well under a millisecond of boot.

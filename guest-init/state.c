@@ -267,7 +267,7 @@ static void walk(struct walk *w, int check, int marks, int depth)
 	dir_close(&it);
 }
 
-int state_reconcile(const struct request *req, const char *scratch, const char *lower)
+int state_reconcile(const struct machine_request *req, const char *scratch, const char *lower)
 {
 	static struct walk w;
 	struct meta m;
@@ -308,7 +308,7 @@ static unsigned long count_paths(char *path, size_t len, int depth)
 	return count;
 }
 
-int state_finish(const struct request *req, const char *scratch)
+int state_finish(const struct machine_request *req, const char *scratch)
 {
 	static char path[PATH_MAX];
 	struct meta m;

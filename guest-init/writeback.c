@@ -73,7 +73,7 @@ struct ovl_attrs {
 };
 
 struct wb {
-	const struct request *req;
+	const struct machine_request *req;
 	struct wb_summary *sum;
 	const char *scope; /* abs path, host == guest */
 	size_t scope_len;
@@ -271,7 +271,7 @@ static int conflicts(struct wb *w, const struct stat *host)
  * come back as root. */
 static void check_owner(struct wb *w, const struct stat *st, const struct stat *lower)
 {
-	const struct request *r = w->req;
+	const struct machine_request *r = w->req;
 	int own_ok = !r->map_owners;
 	int uid_ok = st->st_uid == 0 || (own_ok && st->st_uid == r->host_uid) ||
 		     (lower && st->st_uid == lower->st_uid);
@@ -824,7 +824,7 @@ static void count_outside(struct wb *w, int depth);
 
 static void outside_entry(struct wb *w, unsigned char type, int depth)
 {
-	const struct request *r = w->req;
+	const struct machine_request *r = w->req;
 	for (int i = 0; i < r->nscopes; i++) {
 		size_t n = strlen(r->scopes[i]);
 		if (!strcmp(w->path, r->scopes[i])) {
@@ -885,7 +885,7 @@ static int prepare(void)
 	return mount("/", UR_MERGED, NULL, MS_BIND, NULL);
 }
 
-int writeback(const struct request *req, const char *upper, struct wb_summary *sum)
+int writeback(const struct machine_request *req, const char *upper, struct wb_summary *sum)
 {
 	static struct wb w;
 	(void)upper; /* == UR_SCRATCH "/upper", see upper_of() */

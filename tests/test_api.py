@@ -23,7 +23,7 @@ import pytest
 from conftest import assert_no_leftovers, uml_processes
 
 import umlroot
-from umlroot.scratch import find_tool
+from umlroot.guest.scratch import find_tool
 
 pytestmark = pytest.mark.uml
 

@@ -7,9 +7,9 @@ import errno
 from pathlib import Path
 
 from umlroot.errors import ExitCode
-from umlroot.process import with_delivery
-from umlroot.rundir import filesystem_type
-from umlroot.writeback import (
+from umlroot.guest.process import with_delivery
+from umlroot.guest.rundir import filesystem_type
+from umlroot.guest.writeback import (
     BlockStore,
     Entry,
     Kind,

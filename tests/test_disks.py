@@ -11,19 +11,25 @@ from pathlib import Path
 import pytest
 from conftest import run_umlroot
 
-from umlroot.disks import (
+from umlroot.guest.disks import (
+    DiskSetup,
+    attach_disks,
+    validate_disks,
     MAX_DISKS,
     DiskSpec,
     default_name,
     env_name,
     parse_disk_spec,
-    parse_size,
-    prepare_disks,
 )
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.machine import UbdDisk
-from umlroot.request import DiskLink
+from umlroot.sizes import parse_size
+from umlroot.guest.machine import UbdDisk
+from umlroot.guest.request import DiskLink
 
+
+
+def prepare_disks(specs: list[str], run_dir: Path) -> DiskSetup:
+    return attach_disks(validate_disks(specs), run_dir)
 
 @pytest.mark.parametrize(("text", "size"), [
     ("0", 0), ("4096", 4096), ("1K", 1024), ("512m", 512 << 20), ("2G", 2 << 30),

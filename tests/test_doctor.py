@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from umlroot import doctor, guestmem
-from umlroot.doctor import Check, Status
+from umlroot.cli import doctor
+from umlroot.kernel import memory as guestmem
+from umlroot.cli.doctor import Check, Status
 from umlroot.kernel import probe
 from umlroot.kernel.select import KernelChoice, Origin
 

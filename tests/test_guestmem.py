@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from umlroot import guestmem
+from umlroot.kernel import memory as guestmem
 from umlroot.kernel import patches
 
 DATA = Path(__file__).parent / "data"

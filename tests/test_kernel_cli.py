@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from umlroot import cli_kernel
+from umlroot.cli import kernel as cli_kernel
 from umlroot.kernel import build, info
 from umlroot.kernel.build import BuildOptions
 from umlroot.kernel.info import InfoOptions
@@ -36,7 +36,7 @@ def test_info_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_doctor_exit_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    from umlroot import doctor
+    from umlroot.cli import doctor
     monkeypatch.setattr(doctor, "run_doctor", lambda: False)
     assert CliRunner().invoke(cli_kernel.doctor_command, []).exit_code == 1
     monkeypatch.setattr(doctor, "run_doctor", lambda: True)

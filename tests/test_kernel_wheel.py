@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import run_umlroot
 
-from umlroot import guestinit
+from umlroot.kernel import guest_init as guestinit
 from umlroot.errors import UmlrootError
 from umlroot.kernel import archive, build, packaged, select, store, wheel
 from umlroot.kernel.fragment import fragment_text
@@ -198,7 +198,7 @@ def test_wheel_for_another_machine_is_ignored(isolated: Path,
 
 def test_damaged_wheel_is_named_by_doctor(isolated: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from umlroot import doctor
+    from umlroot.cli import doctor
 
     directory = fake_wheel(isolated, build_id(fragment_text()), monkeypatch)
     check = doctor.check_kernel_wheel()
@@ -209,7 +209,7 @@ def test_damaged_wheel_is_named_by_doctor(isolated: Path,
 
 
 def test_doctor_without_wheel_is_info(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from umlroot import doctor
+    from umlroot.cli import doctor
 
     monkeypatch.setattr(packaged, "location", lambda: None)
     assert doctor.check_kernel_wheel().status is doctor.Status.INFO

@@ -22,11 +22,11 @@ from conftest import UMLROOT, run_umlroot
 from mkfs_manifest import from_directory, from_tarball
 from test_images import extract_partitions, host
 
-from umlroot._guest_mkfs import summary
-from umlroot.imagesize import image_length
-from umlroot.mkfs_options import FsType, MkfsOptions, Owners, SourceKind, parse_size
-from umlroot.mkfs_plan import host_only
-from umlroot.mkfs_size import Content, filesystem_size
+from umlroot.images.mkfs import summary
+from umlroot.images.length import image_length
+from umlroot.images.options import FsType, MkfsOptions, Owners, SourceKind, parse_size
+from umlroot.images.plan import host_only
+from umlroot.images.size import Content, filesystem_size
 
 MANIFEST = Path(__file__).resolve().parent / "mkfs_manifest.py"
 MIB = 1 << 20

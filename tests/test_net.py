@@ -1,4 +1,4 @@
-"""`--net`: the guest's network through a user-mode slirp (umlroot/net.py).
+"""`--net`: the guest's network through a user-mode slirp (umlroot/guest/net.py).
 
 Everything here talks to servers on the host's loopback only: CI has no
 network to rely on. The helper (vde_plug) is real in every test.
@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 from conftest import UMLROOT, host_processes, run_umlroot
 
-from umlroot import net
+from umlroot.guest import net
 from umlroot.errors import UmlrootError
-from umlroot.machine import ChannelFds, MachineSpec, kernel_command_line
-from umlroot.request import MachineRequest
+from umlroot.guest.machine import ChannelFds, MachineSpec, kernel_command_line
+from umlroot.guest.request import MachineRequest
+
+# slirp's DNS proxy (guest-init/init.h has the same).
+DNS_ADDRESS = "10.0.2.3"
 
 # -- pure logic ---------------------------------------------------------------------
 
@@ -177,7 +180,7 @@ def test_dns_goes_to_the_helpers_resolver_and_the_hosts_file_is_untouched(
     result = run_umlroot(["run", "--net", "--", "python3", "-c", DNS_QUERY],
                          cwd=tmp_path, env=private_tmp)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().splitlines() == [net.DNS_ADDRESS, f"{net.DNS_ADDRESS} True True"]
+    assert result.stdout.decode().splitlines() == [DNS_ADDRESS, f"{DNS_ADDRESS} True True"]
     assert Path("/etc/resolv.conf").read_bytes() == before
 
 
@@ -187,7 +190,7 @@ def test_fakeroot_net_writes_nothing_back_for_resolv_conf(tmp_path: Path) -> Non
     the guest's file is a mount, not an overlay change, so nothing is."""
     result = run_umlroot(["fakeroot", "--net", "--", "cat", "/etc/resolv.conf"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"nameserver {net.DNS_ADDRESS}".encode() in result.stdout
+    assert f"nameserver {DNS_ADDRESS}".encode() in result.stdout
     assert b"denied" not in result.stderr and b"resolv.conf" not in result.stderr
 
 

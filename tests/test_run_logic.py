@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from umlroot.diagnose import FailureContext, guest_failure, seccomp_refused
+from umlroot.guest.diagnose import FailureContext, guest_failure, seccomp_refused
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.fakeroot import copy_sparse, shell_command
-from umlroot.guest import command_env, needs_host_tmp, root_path, writeback_scopes
-from umlroot.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
-from umlroot.process import returncode_of
-from umlroot.request import CommandRequest, DiskLink, MachineRequest, TtyFlags
-from umlroot.session import Outcome, Result
+from umlroot.cli.fakeroot_state import copy_sparse, shell_command
+from umlroot.guest.command import command_env, needs_host_tmp, root_path, writeback_scopes
+from umlroot.guest.machine import ChannelFds, MachineSpec, UbdDisk, kernel_command_line
+from umlroot.guest.process import returncode_of
+from umlroot.guest.request import CommandRequest, DiskLink, MachineRequest, TtyFlags
+from umlroot.guest.session import Outcome, Result
 
 
 def parse_records(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from umlroot import rundir
+from umlroot.guest import rundir
 
 
 def hold_lock(path: Path, ready: Path) -> subprocess.Popen[bytes]:

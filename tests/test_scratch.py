@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from umlroot.scratch import SCRATCH_SIZE, create_scratch, find_tool
+from umlroot.guest.scratch import SCRATCH_SIZE, create_scratch, find_tool
 
 pytestmark = pytest.mark.skipif(find_tool("mkfs.ext4") is None, reason="needs e2fsprogs")
 

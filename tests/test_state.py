@@ -10,8 +10,8 @@ import pytest
 from conftest import UMLROOT, run_umlroot
 
 from umlroot.errors import UmlrootError
-from umlroot.scratch import find_tool
-from umlroot.state import FORMAT, META_NAME, create_state, open_state, read_info
+from umlroot.guest.scratch import find_tool
+from umlroot.guest.state import FORMAT, META_NAME, create_state, open_state, read_info
 
 uml = pytest.mark.uml
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import UMLROOT, run_umlroot
 from sparse_digest import sparse_digest
 
-from umlroot.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
+from umlroot.guest.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
 
 uml = pytest.mark.uml
 

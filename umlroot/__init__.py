@@ -14,15 +14,16 @@ from umlroot.errors import (
     TimeoutExpired,
     UmlrootError,
 )
-from umlroot.guest import Guest
-from umlroot.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen, run
-from umlroot.writeback import WritebackReport
+from umlroot.guest.config import MachineConfig
+from umlroot.guest.handle import Guest, run
+from umlroot.guest.process import DEVNULL, PIPE, STDOUT, CompletedProcess, Popen
+from umlroot.guest.writeback import WritebackReport
+from umlroot.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess", "ExitCode", "Guest",
-    "GuestBusyError", "GuestClosedError", "GuestError", "LostWritesError", "Popen",
-    "TimeoutExpired",
+    "GuestBusyError", "GuestClosedError", "GuestError", "LostWritesError", "MachineConfig",
+    "Popen", "TimeoutExpired",
     "UmlrootError", "WritebackReport", "run",
 ]

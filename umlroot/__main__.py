@@ -1,3 +1,3 @@
-from umlroot.cli import main
+from umlroot.cli.main import main
 
 main()

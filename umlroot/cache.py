@@ -6,9 +6,10 @@ import contextlib
 import errno
 import fcntl
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from umlroot import log
 
 
 def cache_dir() -> Path:
@@ -21,13 +22,9 @@ def cache_dir() -> Path:
     return base / "umlroot"
 
 
-def _say(message: str) -> None:
-    print(f"umlroot: {message}", file=sys.stderr, flush=True)
-
-
 @contextlib.contextmanager
 def exclusive_lock(path: Path, *, what: str, wait: bool = True,
-                   say: Callable[[str], None] = _say) -> Iterator[int]:
+                   say: Callable[[str], None] = log.say) -> Iterator[int]:
     """Hold an exclusive flock on `path` (created if missing) for the block.
 
     If another process holds it, say so once and wait (or, with wait=False,

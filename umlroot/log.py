@@ -15,10 +15,6 @@ def enable_debug() -> None:
     _debug = True
 
 
-def debug_enabled() -> bool:
-    return _debug
-
-
 def say(message: str) -> None:
     """A one-line progress or status message, `umlroot: ...`, on stderr."""
     print(f"umlroot: {message}", file=sys.stderr, flush=True)

@@ -35,13 +35,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from umlroot import __version__, guestinit, log
+from umlroot import log
+from umlroot.version import __version__
+from umlroot.kernel import guest_init as guestinit
 from umlroot.cache import exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store
 from umlroot.kernel.build import install
 from umlroot.kernel.download import file_sha256 as _sha256
 from umlroot.kernel.fragment import fragment_text
+from umlroot.kernel.manifest import Manifest
 from umlroot.kernel.patches import build_id, carried
 from umlroot.kernel.select import Origin, describe_binary, find_kernel
 
@@ -57,34 +60,6 @@ MAX_MEMBER_BYTES = 256 << 20
 
 def _fail(message: str, hint: str | None = None) -> UmlrootError:
     return UmlrootError(message, hint=hint, exit_code=ExitCode.FAILED)
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    format: int
-    umlroot: str
-    machine: str
-    record: store.Record
-    init_hash: str
-    sha256: dict[str, str]
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["record"] = json.loads(self.record.to_json())
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        try:
-            data = json.loads(text)
-            return cls(format=int(data["format"]), umlroot=str(data["umlroot"]),
-                       machine=str(data["machine"]),
-                       record=store.Record.from_json(json.dumps(data["record"])),
-                       init_hash=str(data["init_hash"]),
-                       sha256={str(k): str(v) for k, v in dict(data["sha256"]).items()})
-        except (ValueError, KeyError, TypeError) as e:
-            raise _fail(f"the archive's manifest is not readable ({type(e).__name__}: {e})",
-                        "export it again with `umlroot kernel export`") from e
 
 
 # --- export ------------------------------------------------------------------------

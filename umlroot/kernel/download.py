@@ -24,7 +24,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from umlroot import __version__, log
+from umlroot import log
+from umlroot.version import __version__
 from umlroot.cache import cache_dir
 from umlroot.errors import ExitCode, UmlrootError
 

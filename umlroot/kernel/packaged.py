@@ -15,12 +15,8 @@ import importlib.util
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from umlroot.errors import UmlrootError
-
-if TYPE_CHECKING:
-    from umlroot.kernel.archive import Manifest
+from umlroot.kernel.manifest import Manifest
 
 PACKAGE = "umlroot_kernel"
 DISTRIBUTION = "umlroot-kernel"
@@ -56,9 +52,6 @@ def location() -> Path | None:
 
 def read(directory: Path) -> Manifest:
     """The wheel's manifest; a one-line UmlrootError if it is missing or damaged."""
-    # Imported here: archive imports select, which imports this module.
-    from umlroot.kernel.archive import Manifest
-
     try:
         text = (directory / MANIFEST).read_text()
     except OSError as e:

@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from umlroot import guestmem, log
+from umlroot import log
+from umlroot.kernel import memory as guestmem
+from umlroot.kernel.uml import RealStarter, UmlStarter
 from umlroot.cache import cache_dir
 from umlroot.errors import UmlrootError
 
@@ -133,26 +135,32 @@ def probe_argv(kernel: Path, uml_dir: Path, settings: ProbeSettings) -> list[str
 
 
 def boot_probe(kernel: Path, settings: ProbeSettings = ProbeSettings(),
-               timeout: float = PROBE_TIMEOUT) -> tuple[ProbeResult, float]:
-    """Boot once; return the verdict and the host wall time of the whole boot."""
+               timeout: float = PROBE_TIMEOUT,
+               starter: UmlStarter | None = None) -> tuple[ProbeResult, float]:
+    """Boot once; return the verdict and the host wall time of the whole boot.
+    Past `timeout`, UML and every process it made are killed."""
+    starter = starter if starter is not None else RealStarter()
     with tempfile.TemporaryDirectory(prefix="umlroot-probe-") as uml_dir:
         argv = probe_argv(kernel, Path(uml_dir), settings)
-        log.show_command(argv)
+        console = Path(uml_dir) / "console"
         start = time.monotonic()
-        try:
-            # UML writes its early checks on stderr and the console on fd 1: keep both.
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                                  start_new_session=True, env=guestmem.uml_environment())
-            output, timed_out = done.stdout.decode(errors="replace"), False
-        except subprocess.TimeoutExpired as e:
-            raw = e.stdout or b""
-            output = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            timed_out = True
-        except OSError as e:
-            return ProbeResult(ProbeStatus.FAILED, detail=f"cannot execute {kernel}: "
-                               f"{e.strerror}"), 0.0
-        wall = time.monotonic() - start
+        timed_out = False
+        # UML writes its early checks on stderr and the console on fd 1: keep both.
+        with open(console, "w+b") as out:
+            try:
+                process = starter.start(argv, output=out.fileno())
+            except OSError as e:
+                return ProbeResult(ProbeStatus.FAILED, detail=f"cannot execute {kernel}: "
+                                   f"{e.strerror}"), 0.0
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                wall = time.monotonic() - start
+                process.kill_group()  # leftovers too, or all of it on timeout
+            out.seek(0)
+            output = out.read().decode(errors="replace")
     log.debug(f"probe output of {kernel}:\n{output}")
     return classify(output, timed_out=timed_out), wall
 

@@ -27,11 +27,13 @@ import struct
 import zipfile
 from pathlib import Path
 
-from umlroot import __version__, log
+from umlroot import log
+from umlroot.version import __version__
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import archive, packaged
 from umlroot.kernel.download import file_sha256
 from umlroot.kernel.fragment import fragment_text
+from umlroot.kernel.manifest import Manifest
 from umlroot.kernel.patches import build_id, shipped_patches
 
 # The glibc libraries the manylinux policy lets a wheel rely on (the ones a
@@ -146,7 +148,7 @@ def _record_hash(data: bytes) -> str:
     return f"sha256={digest.decode()}"
 
 
-def _source_note(manifest: archive.Manifest, version: str) -> str:
+def _source_note(manifest: Manifest, version: str) -> str:
     record = manifest.record
     patches = " ".join(record.patches or ()) or "none"
     return f"""umlroot-kernel {version}: the Linux kernel (User Mode Linux), licensed
@@ -181,7 +183,7 @@ MANIFEST = DIRECTORY / "manifest.json"
 '''
 
 
-def _metadata(version: str, manifest: archive.Manifest) -> str:
+def _metadata(version: str, manifest: Manifest) -> str:
     record = manifest.record
     return f"""Metadata-Version: 2.1
 Name: {packaged.DISTRIBUTION}
@@ -202,7 +204,7 @@ Tag: py3-none-{tag}
 """
 
 
-def _source_files(manifest: archive.Manifest) -> dict[str, bytes]:
+def _source_files(manifest: Manifest) -> dict[str, bytes]:
     """The fragment and patches, if they are what this build used."""
     text = fragment_text()
     if manifest.record.fragment_hash != build_id(text):

@@ -1,0 +1,1 @@
+"""Filesystem images (`umlroot mkfs`): options, the plan of steps, sizes, GPT."""
