@@ -1,0 +1,356 @@
+"""Parity with fakeroot (issue 18): what a user sees of files made *outside*.
+
+Each idiom runs under the host's `fakeroot` and under `umlroot fakeroot`, on
+identical copies of a tree the test made as the invoking user, and what the
+user would see (listings, stat output, archive and image contents) must be the
+same: both tools show your own files as root's. fakeroot is the yardstick,
+except where it lies and a real kernel cannot (a static binary's stat, a device
+node read by a later system call): those tests say so and check that umlroot's
+answer is the real one.
+
+To keep guest time low, the idioms run as one script, once under each tool
+(two boots in all); the script prints a labelled section per idiom and each
+idiom is one test comparing its section. The `-u`/`--real-owners` view, the
+`-s`/`-i` round trip and the edge cases boot on their own.
+
+Meaningless as root (root's files are root's anyway): skipped when run as uid
+0. CI runs the suite as an ordinary user.
+"""
+
+from __future__ import annotations
+
+import grp
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import run_umlroot
+
+pytestmark = [
+    pytest.mark.uml,
+    pytest.mark.skipif(os.geteuid() == 0,
+                       reason="run as root: every host file of yours is root's already, so "
+                              "there is nothing to compare (CI runs this as an ordinary user)"),
+    pytest.mark.skipif(shutil.which("fakeroot") is None, reason="fakeroot is not installed"),
+]
+
+# Whole seconds: hostfs shows the guest host times in whole seconds.
+MTIME = 1_700_000_000
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/"),
+       "LANG": "C", "LC_ALL": "C", "TZ": "UTC"}
+STATIC_STAT_C = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    printf("uid %u\n", (unsigned)getuid());
+    for (int i = 1; i < argc; i++) {
+        struct stat st;
+        if (lstat(argv[i], &st) != 0) { perror(argv[i]); return 1; }
+        printf("%s %u %u\n", argv[i], (unsigned)st.st_uid, (unsigned)st.st_gid);
+    }
+    return 0;
+}
+"""
+
+
+# ---- the tree, made outside by the invoking user -------------------------------------------
+
+
+def make_tree(top: Path) -> None:
+    """tree/: files, a setuid file, a private file, a setgid directory, a
+    hard link, a symlink; pkg/: a binary package tree for dpkg-deb; an
+    archive with foreign numeric owners for tar -x."""
+    files = {
+        "tree/usr/bin/prog": (b"#!/bin/sh\necho prog\n", 0o755),
+        "tree/usr/bin/suid": (b"#!/bin/sh\necho suid\n", 0o4755),
+        "tree/etc/conf": (b"key=value\n", 0o644),
+        "tree/etc/secret": (b"s3cret\n", 0o600),
+        "tree/var/lib/shared/data": (b"data\n", 0o664),
+        "pkg/DEBIAN/control": (b"Package: parity\nVersion: 1.0\nArchitecture: all\n"
+                               b"Maintainer: Parity <parity@example.org>\n"
+                               b"Description: parity test package\n", 0o644),
+        "pkg/usr/bin/parity": (b"#!/bin/sh\necho parity\n", 0o755),
+        "pkg/usr/bin/parity-suid": (b"#!/bin/sh\n", 0o4755),
+        "pkg/usr/share/doc/parity/copyright": (b"free\n", 0o644),
+    }
+    for name, (data, mode) in files.items():
+        path = top / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    (top / "tree/empty").mkdir(mode=0o700)
+    (top / "tree/empty").chmod(0o700)
+    (top / "tree/var/lib/shared").chmod(0o2775)
+    os.link(top / "tree/etc/conf", top / "tree/etc/hard")
+    os.symlink("prog", top / "tree/usr/bin/lnk")
+    os.symlink("parity", top / "pkg/usr/bin/parity-link")
+    with tarfile.open(top / "foreign.tar", "w", format=tarfile.GNU_FORMAT) as archive:
+        for name, uid, gid, mode in (("foreign", 1234, 5678, 0o755),
+                                     ("foreign/file", 4321, 8765, 0o640)):
+            info = tarfile.TarInfo(name)
+            info.uid, info.gid, info.mode, info.mtime = uid, gid, mode, MTIME
+            if name.endswith("file"):
+                info.size = 2
+                archive.addfile(info, io.BytesIO(b"x\n"))
+            else:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+    for path in [top, *top.rglob("*")]:
+        os.utime(path, (MTIME, MTIME), follow_symlinks=False)
+
+
+# ---- the idioms ---------------------------------------------------------------------------
+
+# Each section's body runs in a subshell in the workspace (tree/, pkg/,
+# foreign.tar, static-stat, out/); `skip WHAT` when a tool is missing. Order
+# matters only at the end: the last sections change tree/ itself.
+LIST_TREE = "find tree | sort"
+STAT_FMT = "'%n %u %g %U %G %A %F %h'"
+
+
+@dataclass(frozen=True)
+class Idiom:
+    name: str
+    body: str
+    needs: tuple[str, ...] = ()
+    # Applied to both outputs before comparing (fields neither tool controls).
+    normalize: Callable[[str], str] | None = None
+
+
+def _drop_iso_extents(text: str) -> str:
+    # isoinfo -l: "[ extent flags]" and the day of the root directory's record.
+    text = re.sub(r"\[\s*\d+\s+\d+\]", "[]", text)
+    return re.sub(r"\w{3}\s+\d+\s+\d{4}", "DATE", text)
+
+
+IDIOMS = [
+    Idiom("id", "id -u; id -g; id -un; id -gn; whoami"),
+    Idiom("stat -c", f"{LIST_TREE} | xargs stat -c {STAT_FMT}"),
+    Idiom("ls -ln", "ls -lnR tree | grep -v '^total'"),
+    Idiom("ls -l (names)", "ls -lR tree | grep -v '^total'"),
+    Idiom("find -user root", "find tree -user root -group root | sort; echo not-root:; "
+                             "find tree ! -user root | sort; find tree -uid 0 | wc -l"),
+    Idiom("find -perm -4000", "find tree -perm -4000 -user root -exec ls -ln {} +"),
+    Idiom("python os.stat", "python3 -c 'import os, stat, sys\n"
+                            "for p in sys.stdin.read().split():\n"
+                            "    s = os.lstat(p)\n"
+                            "    print(p, s.st_uid, s.st_gid, oct(s.st_mode), s.st_nlink)' "
+                            f"< <({LIST_TREE})", needs=("python3",)),
+    Idiom("perl stat", f"{LIST_TREE} | perl -ne 'chomp; my @s = lstat($_); "
+                       "printf \"%s %d %d %o\\n\", $_, $s[4], $s[5], $s[2]'",
+          needs=("perl",)),
+    Idiom("test -O/-G", f"{LIST_TREE} | while read -r f; do "
+                        "printf '%s %s %s\\n' \"$f\" \"$([ -O \"$f\" ] && echo O || echo -)\" "
+                        "\"$([ -G \"$f\" ] && echo G || echo -)\"; done"),
+    Idiom("tar (GNU)", "tar --sort=name -cf out/gnu.tar tree && tar -tvf out/gnu.tar"),
+    Idiom("tar --numeric-owner", "tar --sort=name --numeric-owner -cf out/num.tar tree && "
+                                 "tar --numeric-owner -tvf out/num.tar"),
+    Idiom("bsdtar", f"{LIST_TREE} | bsdtar -cnf out/bsd.tar -T - && bsdtar -tvf out/bsd.tar && "
+                    "bsdtar -tvnf out/bsd.tar --numeric-owner", needs=("bsdtar",)),
+    Idiom("cpio -H newc", f"{LIST_TREE} | cpio --quiet -o -H newc > out/a.cpio && "
+                          "cpio --quiet -itv < out/a.cpio && "
+                          "cpio --quiet -itv --numeric-uid-gid < out/a.cpio", needs=("cpio",)),
+    Idiom("python tarfile", "python3 -c 'import tarfile\n"
+                            "with tarfile.open(\"out/py.tar\", \"w\") as t: t.add(\"tree\")\n"
+                            "for m in tarfile.open(\"out/py.tar\"):\n"
+                            "    print(m.name, m.uid, m.gid, m.uname, m.gname, oct(m.mode), "
+                            "m.type, m.linkname)'", needs=("python3",)),
+    Idiom("ar U", "ar rcU out/lib.a tree/etc/conf tree/usr/bin/prog && ar tv out/lib.a",
+          needs=("ar",)),
+    Idiom("dpkg-deb --build", "dpkg-deb --build pkg out/parity.deb >/dev/null && "
+                              "dpkg-deb -c out/parity.deb", needs=("dpkg-deb",)),
+    Idiom("mksquashfs", "mksquashfs tree out/s.sqfs -no-progress -quiet -processors 1 && "
+                        "unsquashfs -lln out/s.sqfs && unsquashfs -ll out/s.sqfs",
+          needs=("mksquashfs", "unsquashfs")),
+    Idiom("mkfs.ext4 -d", "truncate -s 8M out/e.img && mkfs.ext4 -q -d tree out/e.img && "
+                          "for d in / /etc /usr /usr/bin /var/lib/shared /empty; do "
+                          "echo \"$d:\"; debugfs -R \"ls -p $d\" out/e.img 2>/dev/null | "
+                          "cut -d/ -f3-; done", needs=("mkfs.ext4", "debugfs")),
+    Idiom("genext2fs -d", "genext2fs -f -b 2048 -d tree out/g.img && "
+                          "for d in / /etc /usr/bin /var/lib/shared; do echo \"$d:\"; "
+                          "debugfs -R \"ls -p $d\" out/g.img 2>/dev/null | cut -d/ -f3-; done",
+          needs=("genext2fs", "debugfs")),
+    Idiom("mkfs.erofs", "mkfs.erofs --quiet out/e.erofs tree >/dev/null && for p in / /etc/conf "
+                        "/etc/secret /usr/bin/suid /usr/bin/lnk /var/lib/shared /empty; do "
+                        "dump.erofs --path=$p out/e.erofs | grep -E '^(File|Uid)'; done",
+          needs=("mkfs.erofs", "dump.erofs")),
+    Idiom("xorriso -R", "xorriso -as mkisofs -quiet -R -o out/x.iso tree 2>/dev/null && "
+                        "xorriso -indev out/x.iso -find / -exec lsdl 2>/dev/null",
+          needs=("xorriso",)),
+    Idiom("genisoimage -R", "genisoimage -quiet -R -o out/g.iso tree && isoinfo -R -l -i out/g.iso",
+          needs=("genisoimage", "isoinfo"), normalize=_drop_iso_extents),
+    Idiom("cp -a", "cp -a tree out/cp && cd out && find cp | sort | xargs stat -c '%n %u %g %A %h'"),
+    Idiom("rsync -a", "rsync -a tree out/rs && cd out && find rs | sort | "
+                      "xargs stat -c '%n %u %g %A %h'", needs=("rsync",)),
+    Idiom("install -o", "install -o root -g root -m 4755 tree/usr/bin/prog out/i-suid && "
+                        "install -m 644 tree/etc/conf out/i-plain && "
+                        "install -o nobody -g nogroup -m 640 tree/etc/conf out/i-nobody && "
+                        "install -d -o 123 -g 456 out/i-dir && "
+                        "stat -c '%n %u %g %U %G %A' out/i-*"),
+    Idiom("tar -x foreign owners", "mkdir out/fx && tar -xf foreign.tar -C out/fx && "
+                                   "find out/fx | sort | xargs stat -c '%n %u %g %A'"),
+    Idiom("new files", "touch out/new && mkdir out/newdir && ln -s new out/newlink && "
+                       "stat -c '%n %u %g %U %G %F' out/new out/newdir out/newlink"),
+    Idiom("setuid file", "stat -c '%n %A %U %G' tree/usr/bin/suid && "
+                         "[ -u tree/usr/bin/suid ] && echo setuid-bit && "
+                         "[ -O tree/usr/bin/suid ] && echo owned"),
+    Idiom("other owners (host root)", "stat -c '%n %u %g %U %G %A' /etc/passwd /usr/bin/passwd / "
+                                        "&& find /etc/passwd -user root"),
+    Idiom("hard links", "stat -c '%n %h %u %g' tree/etc/conf tree/etc/hard && "
+                        "[ tree/etc/conf -ef tree/etc/hard ] && echo same-file"),
+    Idiom("symlinks", "stat -c '%n %u %g %U %G %F %N' tree/usr/bin/lnk && "
+                      "stat -L -c '%n %u %g %A' tree/usr/bin/lnk && "
+                      "find tree -type l -user root && readlink tree/usr/bin/lnk"),
+    # From here on tree/ itself changes (same steps under both tools).
+    Idiom("chown one file, then tar", "chown 4321:8765 tree/etc/secret && "
+                                      "chown nobody tree/usr/bin/prog && "
+                                      "tar --sort=name -cf out/ch.tar tree && "
+                                      "tar --numeric-owner -tvf out/ch.tar && tar -tvf out/ch.tar"),
+    Idiom("chmod, then stat", "chmod 0751 tree/etc/conf && chmod g+s tree/usr/bin/prog && "
+                              "stat -c '%n %u %g %A' tree/etc/conf tree/usr/bin/prog"),
+]
+
+# fakeroot lies here (LD_PRELOAD reaches neither a static binary nor the
+# kernel): checked separately, umlroot's answer must be the real one.
+DIFFERENT = [
+    # After every idiom above: it adds entries (with the time of now) to tree/.
+    Idiom("setgid directory", "mkdir tree/var/lib/shared/sub && touch tree/var/lib/shared/f && "
+                              "stat -c '%n %u %g %A' tree/var/lib/shared "
+                              "tree/var/lib/shared/sub tree/var/lib/shared/f"),
+    Idiom("static binary", "./static-stat tree/etc/conf tree && stat -c '%n %u %g' tree/etc/conf"),
+    Idiom("mknod, then read", "mknod out/zero c 1 5 && stat -c '%n %F %t:%T' out/zero && "
+                              "head -c 4 out/zero | od -An -tx1 && echo read-done"),
+]
+
+
+def script(idioms: list[Idiom]) -> str:
+    lines = ["mkdir -p out"]
+    for idiom in idioms:
+        missing = " ".join(idiom.needs)
+        guard = (f"for t in {missing}; do command -v $t >/dev/null || "
+                 "{ echo \"skip: $t is not installed\"; exit 0; }; done; ") if missing else ""
+        lines += [f"echo '### {idiom.name}'", f"( {guard}{idiom.body} )", 'echo "### exit $?"']
+    return "\n".join(lines) + "\n"
+
+
+def sections(output: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    name = None
+    for line in output.splitlines(keepends=True):
+        if line.startswith("### ") and not line.startswith("### exit "):
+            name = line[4:].rstrip("\n")
+            found[name] = ""
+        elif name is not None:
+            found[name] += line
+    return found
+
+
+@dataclass(frozen=True)
+class Outputs:
+    fake: dict[str, str]
+    uml: dict[str, str]
+    fake_stderr: str
+    uml_stderr: str
+
+
+def workspace(top: Path, name: str, static_stat: Path | None) -> Path:
+    """An identical copy of the tree, made as the invoking user (cp -a keeps
+    the whole-second mtimes)."""
+    work = top / name
+    work.mkdir()
+    for entry in ("tree", "pkg", "foreign.tar"):
+        subprocess.run(["cp", "-a", str(top / "orig" / entry), str(work)], check=True)
+    if static_stat is not None:
+        shutil.copy2(static_stat, work / "static-stat")
+    return work
+
+
+def compile_static(top: Path) -> Path | None:
+    source = top / "static-stat.c"
+    source.write_text(STATIC_STAT_C)
+    binary = top / "static-stat"
+    built = subprocess.run(["gcc", "-static", "-O", "-o", str(binary), str(source)],
+                           capture_output=True, check=False)
+    return binary if built.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
+    top = tmp_path_factory.mktemp("parity")
+    make_tree(top / "orig")
+    static_stat = compile_static(top)
+    text = script(IDIOMS + DIFFERENT)
+    fake_ws = workspace(top, "fake", static_stat)
+    uml_ws = workspace(top, "uml", static_stat)
+    fake = subprocess.run(["fakeroot", "--", "bash", "-c", text], cwd=fake_ws, env=ENV,
+                          capture_output=True, timeout=300, check=False)
+    uml = run_umlroot(["fakeroot", "--", "bash", "-c", text], cwd=uml_ws, env=ENV, timeout=300)
+    assert fake.returncode == 0, fake.stderr.decode(errors="replace")
+    assert uml.returncode == 0, uml.stderr.decode(errors="replace")
+    return Outputs(sections(fake.stdout.decode(errors="replace")),
+                   sections(uml.stdout.decode(errors="replace")),
+                   fake.stderr.decode(errors="replace"), uml.stderr.decode(errors="replace"))
+
+
+@pytest.mark.parametrize("idiom", IDIOMS, ids=[idiom.name for idiom in IDIOMS])
+def test_idiom_sees_the_same_as_fakeroot(parity: Outputs, idiom: Idiom) -> None:
+    fake, uml = parity.fake[idiom.name], parity.uml[idiom.name]
+    if fake.startswith("skip: "):
+        pytest.skip(fake.strip())
+    if idiom.normalize is not None:
+        fake, uml = idiom.normalize(fake), idiom.normalize(uml)
+    assert fake.endswith("### exit 0\n"), parity.fake_stderr
+    assert uml == fake, f"umlroot's stderr:\n{parity.uml_stderr}"
+
+
+def test_the_tree_looks_roots(parity: Outputs) -> None:
+    """Not only equal: what both show is root's (a wrong fakeroot would
+    make the comparison pass too)."""
+    stat = parity.uml["stat -c"].splitlines()[:-1]
+    assert len(stat) == 15
+    assert all(" 0 0 root root " in line for line in stat), stat
+    deb = parity.uml["dpkg-deb --build"]
+    assert deb.count("root/root") == len(deb.splitlines()) - 1
+
+
+def test_static_binary_sees_the_real_kernel(parity: Outputs) -> None:
+    """fakeroot is LD_PRELOAD: a static binary sees your real uid and the
+    real owners, while the dynamic `stat` in the same shell says root.
+    umlroot has one answer for both, and it is root's."""
+    if parity.fake["static binary"].startswith("skip: ") or "uid " not in parity.uml["static binary"]:
+        pytest.skip("no static binary (gcc -static failed)")
+    me, my_gid = os.getuid(), os.getgid()
+    assert parity.fake["static binary"] == (
+        f"uid {me}\ntree/etc/conf {me} {my_gid}\ntree {me} {my_gid}\n"
+        "tree/etc/conf 0 0\n### exit 0\n")
+    assert parity.uml["static binary"] == (
+        "uid 0\ntree/etc/conf 0 0\ntree 0 0\ntree/etc/conf 0 0\n### exit 0\n")
+
+
+def test_mknod_makes_a_real_device(parity: Outputs) -> None:
+    """fakeroot's mknod makes an empty file and remembers a device: stat
+    says 'character special', a read gives nothing. umlroot's is /dev/zero."""
+    assert parity.fake["mknod, then read"] == (
+        "out/zero character special file 1:5\nread-done\n### exit 0\n")
+    assert parity.uml["mknod, then read"] == (
+        "out/zero character special file 1:5\n 00 00 00 00\nread-done\n### exit 0\n")
+
+
+def test_setgid_directory_is_inherited_for_real(parity: Outputs) -> None:
+    """A directory made in a setgid directory inherits the bit and the
+    group (the kernel's rule; the group is yours, so 0 inside). fakeroot
+    records the mode that mkdir asked for and shows no setgid bit."""
+    common = "tree/var/lib/shared 0 0 drwxrwsr-x\n"
+    made = "tree/var/lib/shared/f 0 0 -rw-r--r--\n### exit 0\n"
+    assert parity.fake["setgid directory"] == (
+        common + "tree/var/lib/shared/sub 0 0 drwxr-xr-x\n" + made)
+    assert parity.uml["setgid directory"] == (
+        common + "tree/var/lib/shared/sub 0 0 drwxr-sr-x\n" + made)
