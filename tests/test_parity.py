@@ -23,6 +23,7 @@ import grp
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_umlroot
+from conftest import UMLROOT, run_umlroot
 
 pytestmark = [
     pytest.mark.uml,
@@ -43,8 +44,27 @@ pytestmark = [
 
 # Whole seconds: hostfs shows the guest host times in whole seconds.
 MTIME = 1_700_000_000
+ME, MY_GID = os.getuid(), os.getgid()
+# A supplementary group of yours, for a file of yours whose group is not your own gid.
+OTHER_GID = next((g for g in sorted(os.getgroups()) if g != MY_GID), None)
+
+
+def another_users_file() -> str:
+    """A host path owned by neither root nor you (APT's download directories
+    belong to _apt on Debian), or '' when there is none."""
+    for path in ("/var/cache/apt/archives/partial", "/var/lib/apt/lists/partial"):
+        try:
+            owner = os.lstat(path).st_uid
+        except OSError:
+            continue
+        if owner not in (0, ME):
+            return path
+    return ""
+
+
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/"),
-       "LANG": "C", "LC_ALL": "C", "TZ": "UTC"}
+       "LANG": "C", "LC_ALL": "C", "TZ": "UTC", "HOST_UID": str(ME), "HOST_GID": str(MY_GID),
+       "OTHER_OWNED": another_users_file()}
 STATIC_STAT_C = r"""
 #include <stdio.h>
 #include <sys/stat.h>
@@ -103,6 +123,19 @@ def make_tree(top: Path) -> None:
             else:
                 info.type = tarfile.DIRTYPE
                 archive.addfile(info)
+    if OTHER_GID is not None:
+        (top / "grp/sgid").mkdir(parents=True)
+        (top / "grp/file").write_bytes(b"group\n")
+        for path in (top / "grp/sgid", top / "grp/file"):
+            os.chown(path, -1, OTHER_GID)
+        (top / "grp/sgid").chmod(0o2775)
+        (top / "grp/file").chmod(0o644)
+    (top / "acl").mkdir()
+    (top / "acl/file").write_bytes(b"acl\n")
+    (top / "acl/file").chmod(0o644)
+    if shutil.which("setfacl"):
+        subprocess.run(["setfacl", "-m", "u:nobody:rx", str(top / "acl/file")], check=False,
+                       capture_output=True)
     for path in [top, *top.rglob("*")]:
         os.utime(path, (MTIME, MTIME), follow_symlinks=False)
 
@@ -197,6 +230,10 @@ IDIOMS = [
                         "stat -c '%n %u %g %U %G %A' out/i-*"),
     Idiom("tar -x foreign owners", "mkdir out/fx && tar -xf foreign.tar -C out/fx && "
                                    "find out/fx | sort | xargs stat -c '%n %u %g %A'"),
+    Idiom("chown to your own uid number", "touch out/mine && cp tree/etc/secret out/secret && "
+                                          "chown \"$HOST_UID:$HOST_GID\" out/mine out/secret && "
+                                          "stat -c '%n %u %g' out/mine out/secret | "
+                                          "sed \"s/ $HOST_UID / ME /; s/ $HOST_GID$/ MYGID/\""),
     Idiom("new files", "touch out/new && mkdir out/newdir && ln -s new out/newlink && "
                        "stat -c '%n %u %g %U %G %F' out/new out/newdir out/newlink"),
     Idiom("setuid file", "stat -c '%n %A %U %G' tree/usr/bin/suid && "
@@ -209,6 +246,9 @@ IDIOMS = [
     Idiom("symlinks", "stat -c '%n %u %g %U %G %F %N' tree/usr/bin/lnk && "
                       "stat -L -c '%n %u %g %A' tree/usr/bin/lnk && "
                       "find tree -type l -user root && readlink tree/usr/bin/lnk"),
+    # acl/file carries an ACL on the host (user nobody: r-x) when setfacl is installed.
+    Idiom("ACL", "stat -c '%n %u %g %A' acl/file && ls -l acl/file | cut -c1-11 && "
+                 "getfacl -cn acl/file", needs=("getfacl",)),
     # From here on tree/ itself changes (same steps under both tools).
     Idiom("chown one file, then tar", "chown 4321:8765 tree/etc/secret && "
                                       "chown nobody tree/usr/bin/prog && "
@@ -225,6 +265,12 @@ DIFFERENT = [
     Idiom("setgid directory", "mkdir tree/var/lib/shared/sub && touch tree/var/lib/shared/f && "
                               "stat -c '%n %u %g %A' tree/var/lib/shared "
                               "tree/var/lib/shared/sub tree/var/lib/shared/f"),
+    Idiom("another user's file", "[ -n \"$OTHER_OWNED\" ] || { echo 'skip: no file of another "
+                                 "user here'; exit 0; }; stat -c '%u %g' \"$OTHER_OWNED\""),
+    Idiom("your file, a group not yours", "[ -d grp ] || { echo 'skip: you have no supplementary "
+                                          "group'; exit 0; }; mkdir grp/sgid/sub && "
+                                          "touch grp/sgid/f && find grp | sort | "
+                                          "xargs stat -c '%n %u %g %A'"),
     Idiom("static binary", "./static-stat tree/etc/conf tree && stat -c '%n %u %g' tree/etc/conf"),
     Idiom("mknod, then read", "mknod out/zero c 1 5 && stat -c '%n %F %t:%T' out/zero && "
                               "head -c 4 out/zero | od -An -tx1 && echo read-done"),
@@ -237,7 +283,7 @@ def script(idioms: list[Idiom]) -> str:
         missing = " ".join(idiom.needs)
         guard = (f"for t in {missing}; do command -v $t >/dev/null || "
                  "{ echo \"skip: $t is not installed\"; exit 0; }; done; ") if missing else ""
-        lines += [f"echo '### {idiom.name}'", f"( {guard}{idiom.body} )", 'echo "### exit $?"']
+        lines += [f"echo {shlex.quote('### ' + idiom.name)}", f"( {guard}{idiom.body} )", 'echo "### exit $?"']
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +301,7 @@ def sections(output: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Outputs:
+    top: Path
     fake: dict[str, str]
     uml: dict[str, str]
     fake_stderr: str
@@ -266,7 +313,7 @@ def workspace(top: Path, name: str, static_stat: Path | None) -> Path:
     the whole-second mtimes)."""
     work = top / name
     work.mkdir()
-    for entry in ("tree", "pkg", "foreign.tar"):
+    for entry in ("tree", "pkg", "foreign.tar", "acl", *(["grp"] if OTHER_GID is not None else [])):
         subprocess.run(["cp", "-a", str(top / "orig" / entry), str(work)], check=True)
     if static_stat is not None:
         shutil.copy2(static_stat, work / "static-stat")
@@ -295,7 +342,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
     uml = run_umlroot(["fakeroot", "--", "bash", "-c", text], cwd=uml_ws, env=ENV, timeout=300)
     assert fake.returncode == 0, fake.stderr.decode(errors="replace")
     assert uml.returncode == 0, uml.stderr.decode(errors="replace")
-    return Outputs(sections(fake.stdout.decode(errors="replace")),
+    return Outputs(top, sections(fake.stdout.decode(errors="replace")),
                    sections(uml.stdout.decode(errors="replace")),
                    fake.stderr.decode(errors="replace"), uml.stderr.decode(errors="replace"))
 
@@ -354,3 +401,123 @@ def test_setgid_directory_is_inherited_for_real(parity: Outputs) -> None:
         common + "tree/var/lib/shared/sub 0 0 drwxr-xr-x\n" + made)
     assert parity.uml["setgid directory"] == (
         common + "tree/var/lib/shared/sub 0 0 drwxr-sr-x\n" + made)
+
+
+def test_another_users_file_keeps_its_owner(parity: Outputs) -> None:
+    """A file of a user who is neither root nor you: fakeroot says root's (it
+    shows every file it has not seen changed as root's); a real kernel shows
+    its owner, and umlroot does."""
+    if parity.fake["another user's file"].startswith("skip: "):
+        pytest.skip(parity.fake["another user's file"].strip())
+    real = os.lstat(ENV["OTHER_OWNED"])
+    assert parity.fake["another user's file"] == "0 0\n### exit 0\n"
+    assert parity.uml["another user's file"] == f"{real.st_uid} {real.st_gid}\n### exit 0\n"
+
+
+def test_your_file_with_a_group_not_yours(parity: Outputs) -> None:
+    """Decided: only your uid and your own gid become 0. A file of yours whose
+    group is a supplementary group of yours shows uid 0 and that group (the
+    kernel's answer, which writeback can keep); a setgid directory of that
+    group passes it (and, for directories, the bit) on. fakeroot shows 0:0
+    for all, and no inherited setgid bit."""
+    if OTHER_GID is None:
+        pytest.skip("you have no supplementary group (CI adds one)")
+    g = OTHER_GID
+    assert parity.fake["your file, a group not yours"] == (
+        "grp 0 0 drwxr-xr-x\ngrp/file 0 0 -rw-r--r--\ngrp/sgid 0 0 drwxrwsr-x\n"
+        "grp/sgid/f 0 0 -rw-r--r--\ngrp/sgid/sub 0 0 drwxr-xr-x\n### exit 0\n")
+    assert parity.uml["your file, a group not yours"] == (
+        f"grp 0 0 drwxr-xr-x\ngrp/file 0 {g} -rw-r--r--\ngrp/sgid 0 {g} drwxrwsr-x\n"
+        f"grp/sgid/f 0 {g} -rw-r--r--\ngrp/sgid/sub 0 {g} drwxr-sr-x\n### exit 0\n")
+
+
+def test_acl_entries_are_not_seen_by_either(parity: Outputs) -> None:
+    """Decided (and what fakeroot does): a host file's ACL entries are not
+    seen. fakeroot answers the xattr calls from its own records, which know
+    nothing of the host's ACL; umlroot's hostfs carries no extended
+    attributes. Both show the mode's ACL, the mask as the group bits, and
+    `ls -l` no `+`. Packages carry no ACLs (dpkg-deb stores none; tar only
+    with --acls); an ACL set inside is the guest's own (kept in --state and
+    in images, not written back)."""
+    host = subprocess.run(["getfacl", "-cn", str(parity.top / "orig/acl/file")],
+                          capture_output=True, text=True, check=False)
+    if "user:65534:r-x" not in host.stdout:
+        pytest.skip("no ACL on the host's file (setfacl missing, or the file system has none)")
+    assert parity.fake["ACL"] == parity.uml["ACL"] == (
+        "acl/file 0 0 -rw-r-xr--\n-rw-r-xr-- \nuser::rw-\ngroup::r-x\nother::r--\n\n### exit 0\n")
+
+
+# ---- the real view: fakeroot -u, umlroot run --real-owners -------------------------------
+
+SHOW = ("touch made && stat -c '%n %u %g' tree tree/etc/conf made /etc/passwd && id -u")
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    make_tree(tmp_path / "orig")
+    return tmp_path
+
+
+def real_view(top: Path, name: str, argv: list[str]) -> str:
+    work = workspace(top, name, None)
+    done = subprocess.run([*argv, "sh", "-c", SHOW], cwd=work, env=ENV, capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout.decode()
+
+
+def test_real_owners_view_is_fakeroots_minus_u(small_tree: Path) -> None:
+    """fakeroot -u shows files it has not seen changed with their real owner;
+    so do `umlroot fakeroot -u` and `umlroot run --real-owners`. Files made
+    inside are root's in all."""
+    expected = (f"tree {ME} {MY_GID}\ntree/etc/conf {ME} {MY_GID}\nmade 0 0\n"
+                "/etc/passwd 0 0\n0\n")
+    assert real_view(small_tree, "fake", ["fakeroot", "-u", "--"]) == expected
+    assert real_view(small_tree, "uml", [*UMLROOT, "fakeroot", "-u", "--"]) == expected
+    assert real_view(small_tree, "run", [*UMLROOT, "run", "--real-owners", "--"]) == expected
+
+
+def test_run_maps_your_files_to_root_too(small_tree: Path) -> None:
+    assert real_view(small_tree, "run", [*UMLROOT, "run", "--"]) == (
+        "tree 0 0\ntree/etc/conf 0 0\nmade 0 0\n/etc/passwd 0 0\n0\n")
+
+
+def test_api_real_owners_keyword(small_tree: Path) -> None:
+    import umlroot
+
+    work = workspace(small_tree, "api", None)
+    shown = {}
+    for real_owners in (False, True):
+        result = umlroot.run(["stat", "-c", "%u %g", "tree/etc/conf"], cwd=work,
+                             capture_output=True, real_owners=real_owners)
+        assert result.returncode == 0, result.stderr
+        shown[real_owners] = result.stdout
+    assert shown == {False: b"0 0\n", True: f"{ME} {MY_GID}\n".encode()}
+
+
+# ---- fakeroot -s / -i -----------------------------------------------------------------------
+
+FIRST = "chown 12:34 tree/etc/conf && touch tree/made && mknod tree/null c 1 3"
+AGAIN = "stat -c '%n %u %g %F' tree tree/etc/conf tree/etc/secret tree/made tree/null"
+
+
+def test_save_and_load_round_trip_as_fakeroot(small_tree: Path) -> None:
+    """`-s F` then `-i F`: a chown, a new file and a device node from the
+    first run, and the untouched files made outside, look the same to the
+    second run under both tools."""
+    shown = {}
+    for name, tool in (("fake", ["fakeroot"]), ("uml", [*UMLROOT, "fakeroot"])):
+        work = workspace(small_tree, name, None)
+        state = work / "state"
+        first = subprocess.run([*tool, "-s", str(state), "--", "sh", "-c", FIRST], cwd=work,
+                               env=ENV, capture_output=True, timeout=120, check=False)
+        assert first.returncode == 0, first.stderr.decode(errors="replace")
+        again = subprocess.run([*tool, "-i", str(state), "--", "sh", "-c", AGAIN], cwd=work,
+                               env=ENV, capture_output=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stderr.decode(errors="replace")
+        shown[name] = again.stdout.decode()
+    assert shown["uml"] == shown["fake"]
+    assert shown["fake"] == ("tree 0 0 directory\ntree/etc/conf 12 34 regular file\n"
+                             "tree/etc/secret 0 0 regular file\n"
+                             "tree/made 0 0 regular empty file\n"
+                             "tree/null 0 0 character special file\n")
