@@ -69,8 +69,8 @@ def private_apt(work: Path, mirror: str | None, suite: str | None) -> PrivateApt
             sys.exit("no Debian archive in this machine's APT sources; pass --suite SUITE")
         suite = host.suites[0]
     signed_by = host.signed_by if host is not None and host.uri == mirror else None
-    print(f"sources: deb-src {mirror} {suite} main (from "
-          f"{'--mirror' if host is None or host.uri != mirror else 'this machine APT sources'})")
+    origin = "--mirror" if host is None or host.uri != mirror else "this machine's APT sources"
+    print(f"sources: deb-src {mirror} {suite} main (from {origin})")
     apt = PrivateApt(work / "apt", mirror, suite, signed_by, kinds=("deb-src",))
     apt.update()
     return apt
