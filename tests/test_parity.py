@@ -62,9 +62,9 @@ def another_users_file() -> str:
     return ""
 
 
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/"),
-       "LANG": "C", "LC_ALL": "C", "TZ": "UTC", "HOST_UID": str(ME), "HOST_GID": str(MY_GID),
-       "OTHER_OWNED": another_users_file()}
+# The caller's environment (UMLROOT_* and TMPDIR included) with fixed locale and zone.
+ENV = {**os.environ, "LANG": "C", "LC_ALL": "C", "TZ": "UTC", "HOST_UID": str(ME),
+       "HOST_GID": str(MY_GID), "OTHER_OWNED": another_users_file()}
 STATIC_STAT_C = r"""
 #include <stdio.h>
 #include <sys/stat.h>
