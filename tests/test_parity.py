@@ -278,7 +278,7 @@ DIFFERENT = [
 
 
 def script(idioms: list[Idiom]) -> str:
-    lines = ["mkdir -p out"]
+    lines = ['export PATH="$PATH:/usr/sbin:/sbin"', "mkdir -p out"]
     for idiom in idioms:
         missing = " ".join(idiom.needs)
         guard = (f"for t in {missing}; do command -v $t >/dev/null || "
