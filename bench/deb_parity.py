@@ -153,17 +153,16 @@ def compare(package: str, tree: Path, work: Path, tools: dict[str, str],
         debs[name] = tuple(sorted(p.name for p in kept[name].glob("*.deb")))
         print(f"  {package}: {name} build {times[name]:.1f} s, {len(debs[name])} .deb", flush=True)
     fake, uml = kept["fakeroot"], kept["umlroot"]
-    identical, different = [], []
-    for deb in sorted(set(debs["fakeroot"]) | set(debs["umlroot"])):
-        if not (fake / deb).exists() or not (uml / deb).exists():
-            different.append(f"{deb}: built by one tool only")
-            continue
-        same = subprocess.run(["cmp", "-s", str(fake / deb), str(uml / deb)],
-                              check=False).returncode == 0
-        if same:
-            identical.append(deb)
+    identical: list[str] = []
+    different: list[str] = []
+    for deb_name in sorted(set(debs["fakeroot"]) | set(debs["umlroot"])):
+        left, right = fake / deb_name, uml / deb_name
+        if not left.exists() or not right.exists():
+            different.append(f"{deb_name}: built by one tool only")
+        elif subprocess.run(["cmp", "-s", str(left), str(right)], check=False).returncode == 0:
+            identical.append(deb_name)
         else:
-            different.append(f"{deb}: {first_difference(fake / deb, uml / deb)}")
+            different.append(f"{deb_name}: {first_difference(left, right)}")
     return Result(package, changelog_version(tree), times, debs, identical, different)
 
 

@@ -496,7 +496,7 @@ def test_api_real_owners_keyword(small_tree: Path) -> None:
     import umlroot
 
     work = workspace(small_tree, "api", None)
-    shown = {}
+    shown: dict[bool, bytes] = {}
     for real_owners in (False, True):
         result = umlroot.run(["stat", "-c", "%u %g", "tree/etc/conf"], cwd=work,
                              capture_output=True, real_owners=real_owners)
@@ -515,7 +515,7 @@ def test_save_and_load_round_trip_as_fakeroot(small_tree: Path) -> None:
     """`-s F` then `-i F`: a chown, a new file and a device node from the
     first run, and the untouched files made outside, look the same to the
     second run under both tools."""
-    shown = {}
+    shown: dict[str, str] = {}
     for name, tool in (("fake", ["fakeroot"]), ("uml", [*UMLROOT, "fakeroot"])):
         work = workspace(small_tree, name, None)
         state = work / "state"
