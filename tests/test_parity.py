@@ -19,7 +19,6 @@ Meaningless as root (root's files are root's anyway): skipped when run as uid
 
 from __future__ import annotations
 
-import grp
 import io
 import os
 import re
