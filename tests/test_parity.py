@@ -544,3 +544,32 @@ def test_chown_clears_setuid_for_real(parity: Outputs) -> None:
     assert parity.uml["chown -R root:root"] == (
         "tree/usr/bin/suid -rwxr-xr-x\ntree/usr/bin/prog -rwxr-xr-x\n"
         "tree/var/lib/shared drwxrwsr-x\n### exit 0\n")
+
+
+# ---- umlroot mkfs -------------------------------------------------------------------------
+
+
+def ext4_listing(image: Path) -> str:
+    """mode/uid/gid/name/size of every entry under the directories of the tree."""
+    out = []
+    for directory in ("/", "/etc", "/usr/bin", "/var/lib/shared", "/empty"):
+        listed = subprocess.run(["/sbin/debugfs", "-R", f"ls -p {directory}", str(image)],
+                                capture_output=True, text=True, check=True).stdout
+        out += [f"{directory}: " + "/".join(line.split("/")[2:]) for line in listed.splitlines()
+                if line and "lost+found" not in line]
+    return "\n".join(out)
+
+
+def test_mkfs_of_your_tree_is_roots_as_under_fakeroot(small_tree: Path) -> None:
+    """`umlroot mkfs ext4 DIR IMG` (no --all-root) of a tree you made gives
+    what `fakeroot mkfs.ext4 -d` gives: every entry root's, modes kept."""
+    tree = small_tree / "orig" / "tree"
+    fake_img, uml_img = small_tree / "fake.img", small_tree / "uml.img"
+    subprocess.run(["truncate", "-s", "8M", str(fake_img)], check=True)
+    made = subprocess.run(["fakeroot", "/sbin/mkfs.ext4", "-q", "-d", str(tree), str(fake_img)],
+                          capture_output=True, check=False)
+    assert made.returncode == 0, made.stderr.decode(errors="replace")
+    result = run_umlroot(["mkfs", "ext4", str(tree), str(uml_img)], cwd=small_tree)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert ext4_listing(uml_img) == ext4_listing(fake_img)
+    assert "/0/0/conf/" in ext4_listing(uml_img)
