@@ -352,7 +352,23 @@ def parity(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
                    fake.stderr.decode(errors="replace"), uml.stderr.decode(errors="replace"))
 
 
-@pytest.mark.parametrize("idiom", IDIOMS, ids=[idiom.name for idiom in IDIOMS])
+# Known differences that are umlroot's to fix (strict: the test fails once fixed).
+KNOWN_BUGS = {
+    "chown a hard-linked file, then tar": (
+        "overlayfs runs without index (hostfs has no file handles), so copying a host file up "
+        "(any chown, even to the owner it has) breaks its hard links: the archive stores the "
+        "data twice and stat shows 1 link for one name, 2 for the other"),
+}
+
+
+def idiom_params(idioms: list[Idiom]) -> list[object]:
+    return [pytest.param(idiom, id=idiom.name,
+                         marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[idiom.name])]
+                         if idiom.name in KNOWN_BUGS else [])
+            for idiom in idioms]
+
+
+@pytest.mark.parametrize("idiom", idiom_params(IDIOMS))
 def test_idiom_sees_the_same_as_fakeroot(parity: Outputs, idiom: Idiom) -> None:
     fake, uml = parity.fake[idiom.name], parity.uml[idiom.name]
     if fake.startswith("skip: "):
