@@ -14,6 +14,10 @@
  * Control protocol (lines on /dev/tty1, raw mode):
  *   guest -> host: READY | ERR <step>: <msg> | EXIT <exit|signal|notfound|noexec|nocwd> <n>
  *                  | I <chunk> (stdin chunk consumed) | WB <summary> | WBDONE | DONE
+ *                  | OUTLOST <1|2> <errno> (before EXIT: CMD's stdout/stderr
+ *                    could not be written to the run dir)
+ *                  | LOST <dev>:<count>:<errno> ... (writes the host could not
+ *                    store; before WB: `WB lost` follows, nothing written back)
  *   host -> guest, no command running:
  *                  r <N> [last] (run IO/cN/request; `last`: then finish as
  *                                for `q 1` if it exited or died of a signal,
@@ -84,18 +88,20 @@ static char stdin_buf[STDIN_CHUNK_MAX];
 
 /* ---- messages ------------------------------------------------------------ */
 
-static void write_all(int fd, const char *buf, size_t len)
+/* Returns 0, or -1 with errno set when fd refused the rest. */
+static int write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
 		ssize_t n = write(fd, buf, len);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			return;
+			return -1;
 		}
 		buf += n;
 		len -= (size_t)n;
 	}
+	return 0;
 }
 
 void klog(const char *fmt, ...)
@@ -281,6 +287,8 @@ static void read_request(const char *path, char *buf, size_t size, int command)
 			req.hostname = value;
 		} else if (!strcmp(tag, "net")) {
 			req.net = value[0] == '1';
+		} else if (!strcmp(tag, "map-owners")) {
+			req.map_owners = value[0] == '1';
 		} else if (!strcmp(tag, "disk")) {
 			if (req.ndisks >= UR_MAX_DISKS)
 				fail("parse request: too many disks", E2BIG);
@@ -306,7 +314,10 @@ static void mount_root(void)
 	 * the scratch away anyway, and each UBD flush is a host fsync). */
 	const char *scratch_opts = req.persistent ? "noinit_itable" : "noinit_itable,nobarrier";
 
-	do_mount("mount hostfs / read-only", "none", "/run/s/lower", "hostfs", MS_RDONLY, "/");
+	struct owner_map map = owner_map_of(&req);
+	const char *step;
+	if (mount_hostfs("/", "/run/s/lower", 1, &map, &step) < 0)
+		fail(step, errno);
 	do_mount("mount scratch disk /dev/ubda", "/dev/ubda", "/run/s/scratch", "ext4",
 		 MS_NOATIME, scratch_opts);
 	if (mkdir("/run/s/scratch/upper", 0755) < 0 && errno != EEXIST)
@@ -484,6 +495,7 @@ struct stream {
 	long written;    /* bytes written to the file */
 	long acked;      /* bytes the host has consumed */
 	long forgotten;  /* bytes whose guest page cache copy was dropped */
+	int error;       /* errno of the first write the host refused, or 0 */
 };
 
 struct child_io {
@@ -561,6 +573,7 @@ static pid_t start_command(struct child_io *io)
 	for (int i = 0; i < 3; i++) {
 		io->out[i].src = -1;
 		io->out[i].written = io->out[i].acked = io->out[i].forgotten = 0;
+		io->out[i].error = 0;
 		io->out[i].file = -1;
 	}
 	if (req.tty_out || req.tty_err || (req.tty_in && req.tty_out)) {
@@ -696,7 +709,13 @@ static int relay_output(struct stream *s)
 	}
 	if (n == 0)
 		return -1;
-	write_all(s->file, relay_buf, (size_t)n);
+	/* A run dir on a full filesystem loses CMD's output: keep reading (CMD
+	 * must not block), and tell the host once CMD is done. */
+	if (s->error || write_all(s->file, relay_buf, (size_t)n) < 0) {
+		if (!s->error)
+			s->error = errno;
+		return 0;
+	}
 	s->written += n;
 	if (s->written - s->forgotten >= RELAY_BUF) { /* a syscall per MiB, not per write */
 		forget_written(s->file, s->forgotten, s->written - s->forgotten);
@@ -924,6 +943,8 @@ static struct outcome run_command(void)
 	/* No fsync: hostfs writes are host write()s already, visible to the
 	 * host's reader; a host fsync would only add a disk flush. */
 	for (int s = 1; s <= 2; s++) {
+		if (io.out[s].error)
+			ctl_say("OUTLOST %d %d", s, io.out[s].error);
 		if (io.out[s].file >= 0)
 			close(io.out[s].file);
 		if (io.out[s].src >= 0 && io.out[s].src != io.pty)
@@ -972,22 +993,30 @@ static void kill_leftovers(void)
 		;
 }
 
-static void do_writeback(void)
+/* Returns 1 if writes were lost (nothing written back), else 0. */
+static int do_writeback(void)
 {
 	struct wb_summary sum;
 	memset(&sum, 0, sizeof(sum));
+	/* What CMD wrote may be gone from the scratch disk: writing back
+	 * holes as data would hand back corrupt files as good ones. */
+	if (lost_writes_report()) {
+		ctl_say("WB lost");
+		return 1;
+	}
 	if (req.nscopes == 0) {
 		ctl_say("WB none");
-		return;
+		return 0;
 	}
 	if (writeback(&req, UR_SCRATCH "/upper", &sum) < 0)
-		return;
+		return 0;
 	ctl_say("WB files=%lu dirs=%lu symlinks=%lu fifos=%lu hardlinks=%lu deleted=%lu "
 		"metadata=%lu owners=%lu devices=%lu sockets=%lu xattrs=%lu modebits=%lu "
 		"conflicts=%lu outside=%lu failed=%lu denied=%lu state=%d",
 		sum.files, sum.dirs, sum.symlinks, sum.fifos, sum.hardlinks, sum.deleted,
 		sum.metadata_only, sum.owners, sum.devices, sum.sockets, sum.xattrs, sum.modebits,
 		sum.conflicts, sum.outside, sum.failed, sum.denied, req.persistent);
+	return 0;
 }
 
 /* W: write back between commands. Filesystems the commands mounted (an
@@ -1030,17 +1059,22 @@ static __attribute__((noreturn)) void finish(int ran)
 	 * (loop-mounted images are unmounted cleanly). */
 	close(cmd_ns_fd);
 	detach_loop_devices();
+	int lost = 0;
 	if (ran)
-		do_writeback();
+		lost = do_writeback();
 	else
 		ctl_say("WB none");
-	if (req.persistent && ran)
+	/* A state that lost writes is not one to build on: not recorded. */
+	if (req.persistent && ran && !lost)
 		state_finish(&req, UR_SCRATCH);
 	/* hostfs writes are write-through, so writeback needs no sync; a
 	 * throwaway scratch disk needs none either (syncing 100 MB that CMD
-	 * left in it cost ~0.5 s). A --state file and --disk images do. */
-	if (req.persistent || req.ndisks > 0)
+	 * left in it cost ~0.5 s). A --state file and --disk images do, and
+	 * only then is it known whether the host stored all of them. */
+	if (req.persistent || req.ndisks > 0) {
 		sync();
+		lost_writes_report();
+	}
 	ctl_say("DONE");
 	power_off();
 }

@@ -59,7 +59,27 @@ struct request {
 	struct disk disks[UR_MAX_DISKS];
 	int ndisks;
 	int net;        /* --net: eth0 is the vector device on slirp */
+	int map_owners; /* the invoking user's host files are root's inside */
 };
+
+/* hostfs mounts (hostfs.c). With `enabled`, host files of uid/gid show as
+ * root's and root is written to the host as uid/gid. */
+struct owner_map {
+	int enabled;
+	uid_t uid;
+	gid_t gid;
+};
+/* Mount host_path of the host on target. Returns 0, or -1 with errno set
+ * and *failed_step naming what failed. */
+int mount_hostfs(const char *host_path, const char *target, int read_only,
+		 const struct owner_map *map, const char **failed_step);
+/* The map a request asks for. */
+struct owner_map owner_map_of(const struct request *req);
+
+/* Writes the host could not store (lostwrites.c): tells the host in one
+ * line, `LOST <dev>:<count>:<host errno> ...`, if any guest block device
+ * lost writes; returns how many devices did (0: none). */
+int lost_writes_report(void);
 
 /* The guest's network (net.c). slirp's fixed addresses: the guest, its
  * netmask, the host (gateway; the host's 127.0.0.1 is reachable there), and

@@ -265,13 +265,17 @@ static int conflicts(struct wb *w, const struct stat *host)
 }
 
 /* Owners the host can hold: root inside is the invoking user outside. An
- * entry that kept its host owner (`lower`, when known) is no change. */
+ * entry that kept its host owner (`lower`, when known) is no change. When
+ * the user's files show as root's (map_owners), the user's own uid number
+ * inside is a stranger like any other: written back as the user, it would
+ * come back as root. */
 static void check_owner(struct wb *w, const struct stat *st, const struct stat *lower)
 {
 	const struct request *r = w->req;
-	int uid_ok = st->st_uid == 0 || st->st_uid == r->host_uid ||
+	int own_ok = !r->map_owners;
+	int uid_ok = st->st_uid == 0 || (own_ok && st->st_uid == r->host_uid) ||
 		     (lower && st->st_uid == lower->st_uid);
-	int gid_ok = st->st_gid == 0 || st->st_gid == r->host_gid ||
+	int gid_ok = st->st_gid == 0 || (own_ok && st->st_gid == r->host_gid) ||
 		     (lower && st->st_gid == lower->st_gid);
 	if (!uid_ok || !gid_ok) {
 		char detail[64];
@@ -795,8 +799,10 @@ static int write_scope(struct wb *w, const char *scope)
 	w->scope_len = strlen(scope);
 	if (w->scope_len == 1)
 		w->scope_len = 0; /* scope "/": host path == guest path */
-	if (mount("none", UR_WB, "hostfs", 0, scope) < 0) {
-		failed(w, "mount hostfs", errno, scope);
+	struct owner_map map = owner_map_of(w->req);
+	const char *step;
+	if (mount_hostfs(scope, UR_WB, 0, &map, &step) < 0) {
+		failed(w, step, errno, scope);
 		return -1;
 	}
 	snprintf(w->path, sizeof(w->path), "%s", scope);

@@ -192,7 +192,12 @@ def test_routes() -> None:
         return MkfsOptions(fstype=fstype, source=Path("s"), output=Path("o"), **kw)  # type: ignore[arg-type]
 
     assert host_only(options(FsType.SQUASHFS, all_root=True), SourceKind.DIRECTORY)
-    assert host_only(options(FsType.EXT4), SourceKind.DIRECTORY)
+    assert host_only(options(FsType.EXT4, real_owners=True), SourceKind.DIRECTORY)
+    # Your files root's, among other owners' (a tree of only yours becomes
+    # --all-root before planning): the guest sees it so.
+    assert not host_only(options(FsType.SQUASHFS), SourceKind.DIRECTORY)
+    assert not host_only(options(FsType.EXT4), SourceKind.DIRECTORY)
+    assert options(FsType.EXT4).owners is Owners.YOURS_AS_ROOT
     assert not host_only(options(FsType.EXT4, all_root=True), SourceKind.DIRECTORY)
     assert not host_only(options(FsType.SQUASHFS), SourceKind.TARBALL)
     assert not host_only(options(FsType.EROFS, state=Path("s")), SourceKind.DIRECTORY)
@@ -284,14 +289,29 @@ def test_directory_all_root(tmp_path: Path, user_tree: Path, fstype: str) -> Non
 
 
 @pytest.mark.uml
-def test_directory_as_seen_keeps_the_users_owners(tmp_path: Path, user_tree: Path) -> None:
+def test_directory_with_real_owners_keeps_the_users_owners(
+        tmp_path: Path, user_tree: Path) -> None:
     image = tmp_path / "out.img"
-    mkfs(["--label", "DATA", "ext4", user_tree, image], tmp_path)
+    mkfs(["--real-owners", "--label", "DATA", "ext4", user_tree, image], tmp_path)
     host_check("ext4", image)
     assert host("e2label", str(image)).stdout.strip() == "DATA"
     got = mounted_manifest(tmp_path, [f"{image}:ro:name=img"], "")
     assert got == from_directory(str(user_tree))
     assert f" {os.getuid()}:{os.getgid()} " in got["etc/motd"]
+
+
+@pytest.mark.uml
+@pytest.mark.skipif(os.geteuid() == 0, reason="root's files are root's anyway")
+@pytest.mark.parametrize("fstype", ["ext4", "squashfs"])
+def test_directory_of_yours_is_root_owned_by_default(
+        tmp_path: Path, user_tree: Path, fstype: str) -> None:
+    """As under fakeroot: an image of a tree you made is root's."""
+    image = tmp_path / "out.img"
+    mkfs([fstype, user_tree, image], tmp_path)
+    host_check(fstype, image)
+    got = mounted_manifest(tmp_path, [f"{image}:ro:name=img"], "")
+    assert got == all_root(from_directory(str(user_tree)))
+    assert " 0:0 " in got["etc/motd"]
 
 
 @pytest.mark.uml

@@ -10,6 +10,7 @@ from umlroot.errors import (
     GuestBusyError,
     GuestClosedError,
     GuestError,
+    LostWritesError,
     TimeoutExpired,
     UmlrootError,
 )
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess", "ExitCode", "Guest",
-    "GuestBusyError", "GuestClosedError", "GuestError", "Popen", "TimeoutExpired",
+    "GuestBusyError", "GuestClosedError", "GuestError", "LostWritesError", "Popen",
+    "TimeoutExpired",
     "UmlrootError", "WritebackReport", "run",
 ]

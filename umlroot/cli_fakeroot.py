@@ -37,8 +37,8 @@ _IGNORED = "Accepted for fakeroot compatibility and ignored: "
               help="Give COMMAND a network, as `umlroot run --net` (not a fakeroot option; "
                    "off by default).")
 @click.option("-u", "--unknown-is-real", is_flag=True,
-              help=_IGNORED + "host files always show their real owners here (what fakeroot "
-                              "does with -u); files made inside belong to root.")
+              help="Host files show their real owners (`umlroot run --real-owners`). "
+                   "Without it your own files show as root's, as under fakeroot.")
 @click.option("-l", "--lib", metavar="LIB", help=_IGNORED + "there is no preload library.")
 @click.option("-f", "--faked", metavar="BINARY", help=_IGNORED + "there is no faked daemon.")
 @click.option("-b", "--fd-base", metavar="FD", help=_IGNORED + "there is no faked connection.")
@@ -55,7 +55,7 @@ def fakeroot_command(save: Path | None, load: Path | None, net: bool, unknown_is
 
     Same as `umlroot run --writable / -- COMMAND`, with fakeroot's options.
     """
-    del unknown_is_real, lib, faked, fd_base  # accepted, meaningless here
+    del lib, faked, fd_base  # accepted, meaningless here
     options = FakerootOptions(command=[os.fsencode(arg) for arg in command],
-                              load=load, save=save, net=net)
+                              load=load, save=save, net=net, real_owners=unknown_is_real)
     sys.exit(run_fakeroot(options))

@@ -17,8 +17,11 @@ def kernel_group() -> None:
 
 
 @kernel_group.command("build")
-@click.option("--source", "source", type=click.Path(path_type=Path),
-              help="Kernel source: an unpacked tree or a .tar.xz/.tar.gz/.tar.zst.")
+@click.option("--source", "source", metavar="PATH|URL",
+              help="Kernel source: an unpacked tree, a .tar.xz/.tar.gz/.tar.zst, or the "
+                   "URL of one (needs --sha256).")
+@click.option("--sha256", metavar="HEX",
+              help="The SHA-256 the --source tarball (URL or file) must have.")
 @click.option("--suite", help="Debian suite to download linux-source from "
               "[default: trixie-backports, then sid].")
 @click.option("--mirror", metavar="URI",
@@ -27,13 +30,16 @@ def kernel_group() -> None:
               "[default: number of CPUs].")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has this kernel.")
 @click.option("--keep-tree", is_flag=True, help="Keep the build tree (in the cache's build/).")
-def build_command(source: Path | None, suite: str | None, mirror: str | None,
-                  jobs: int | None, force: bool, keep_tree: bool) -> None:
+def build_command(source: str | None, sha256: str | None, suite: str | None,
+                  mirror: str | None, jobs: int | None, force: bool, keep_tree: bool) -> None:
     """Build umlroot's kernel from source (once, about 10 minutes) and cache it."""
+    from umlroot.kernel import download
     from umlroot.kernel.build import BuildOptions, build_kernel
 
-    options = BuildOptions(source=source, mirror=mirror, jobs=jobs or 0, force=force,
-                           keep_tree=keep_tree)
+    url = source if source is not None and download.is_url(source) else None
+    options = BuildOptions(source=Path(source) if source is not None and url is None else None,
+                           url=url, sha256=download.check_sha256(sha256) if sha256 else None,
+                           mirror=mirror, jobs=jobs or 0, force=force, keep_tree=keep_tree)
     if suite:
         options = dataclasses.replace(options, suites=(suite,))
     # SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C: the compile
@@ -85,6 +91,20 @@ def export_command(file: Path, kernel: Path | None) -> None:
     from umlroot.kernel.archive import export_kernel
 
     export_kernel(file, kernel)
+
+
+@kernel_group.command("wheel")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kernel", type=click.Path(path_type=Path),
+              help="A cached kernel to pack [default: the one `umlroot run` uses].")
+@click.option("--build", "build", type=click.IntRange(min=0), metavar="N",
+              help="A build number: the wheel's version becomes <kernel version>.N.")
+def wheel_command(directory: Path, kernel: Path | None, build: int | None) -> None:
+    """Write the kernel and the prebuilt guest init as a platform wheel into DIRECTORY
+    (`pip install` it: umlroot then needs no kernel build and no C compiler)."""
+    from umlroot.kernel.wheel import make_wheel
+
+    click.echo(make_wheel(directory, kernel, build).path)
 
 
 @kernel_group.command("import")

@@ -27,6 +27,9 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Si
 @click.option("--all-root", is_flag=True,
               help="A directory's files all belong to 0:0 in the image "
                    "(a tarball: its members are extracted as root's).")
+@click.option("--real-owners", is_flag=True,
+              help="A directory's files keep their host owners (yours too). By default "
+                   "your files are root's in the image, other owners' as they are.")
 @click.option("--state", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               metavar="FILE",
               help="A directory's owners, modes, device nodes and xattrs as this `umlroot run "
@@ -43,17 +46,21 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Si
                    "root hash. squashfs, erofs.")
 @click.option("-v", "--verbose", is_flag=True, help="Show each guest step and its output.")
 def mkfs_command(fstype: str, source: Path, output: Path, size: SizeSpec | None,
-                 label: str | None, all_root: bool, state: Path | None, partition: str,
+                 label: str | None, all_root: bool, real_owners: bool, state: Path | None,
+                 partition: str,
                  luks_key: Path | None, verity: bool, verbose: bool) -> None:
     """Make a TYPE filesystem image OUTPUT holding SOURCE (a directory or a
     tarball), with owners, modes, device nodes and xattrs: ext4, btrfs, xfs,
     vfat, squashfs, erofs or iso9660.
 
-    A directory's owners are the host's, or 0:0 with --all-root, or what a
-    --state file says; a tarball's are its members'. See docs/images.md.
+    A directory's owners are as the guest sees the host (your files root's,
+    others' as they are), or the host's with --real-owners, or 0:0 with
+    --all-root, or what a --state file says; a tarball's are its members'.
+    See docs/images.md.
     """
     options = MkfsOptions(fstype=FsType(fstype), source=source, output=output, size=size,
-                          label=label, all_root=all_root, state=state,
+                          label=label, all_root=all_root, real_owners=real_owners,
+                          state=state,
                           partition=Partitioning(partition), luks_key=luks_key, verity=verity,
                           verbose=verbose)
     sys.exit(make_image(options))

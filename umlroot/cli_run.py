@@ -54,6 +54,10 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option("--net", is_flag=True,
               help="Give the guest a network (user-mode slirp: no privileges). The host's "
                    "loopback services are at 10.0.2.2. Off by default: builds stay hermetic.")
+@click.option("--real-owners", is_flag=True,
+              help="Show host files with their real owners. By default your own files "
+                   "show as root's (as under fakeroot and in a user namespace), so an "
+                   "archive or image made of them is root's.")
 @click.option("--keep-scratch", is_flag=True,
               help="Keep the run directory (scratch disk, kernel log) and print where.")
 @click.option("-v", "--verbose", is_flag=True,
@@ -62,7 +66,8 @@ def _check_mem(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
                 metavar="COMMAND [ARGS]...")
 def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
                 writable: tuple[Path, ...], no_writeback: bool, state: Path | None,
-                no_wait: bool, disks: tuple[str, ...], net: bool, keep_scratch: bool,
+                no_wait: bool, disks: tuple[str, ...], net: bool, real_owners: bool,
+                keep_scratch: bool,
                 verbose: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as root (uid 0) inside a UML guest that sees the host's files.
 
@@ -73,6 +78,6 @@ def run_command(mem: str, cpus: int, kernel: Path | None, timeout: float | None,
         argv=[os.fsencode(arg) for arg in command],
         mem=mem, cpus=cpus, kernel=kernel, verbose=verbose, timeout=timeout,
         keep_scratch=keep_scratch, writable=writable, writeback=not no_writeback,
-        state=state, state_wait=not no_wait, disks=disks, net=net,
+        state=state, state_wait=not no_wait, disks=disks, net=net, real_owners=real_owners,
     )
     sys.exit(run(options))

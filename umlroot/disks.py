@@ -36,11 +36,13 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from umlroot import log
 from umlroot.errors import UmlrootError
 from umlroot.machine import UbdDisk
 from umlroot.request import DiskLink
@@ -246,10 +248,31 @@ def check_disks(specs: Sequence[DiskSpec]) -> None:
         seen_env[variable] = spec
 
 
+def warn_if_short_of_space(spec: DiskSpec) -> None:
+    """SIZE is sparse (an image takes only what is written), so a disk may
+    promise more than its filesystem holds. Say so before the guest starts:
+    writes past the free space are lost and fail the run (exit 125)."""
+    if spec.size is None or spec.read_only:
+        return
+    try:
+        allocated = os.stat(spec.path).st_blocks * 512
+    except OSError:
+        allocated = 0
+    try:
+        free = shutil.disk_usage(spec.path.parent).free
+    except OSError:
+        return
+    if spec.size - allocated > free:
+        log.warn(f"--disk {spec.text}: the image may grow to {spec.size / 2**20:.0f} MiB but "
+                 f"{spec.path.parent} has {free / 2**20:.0f} MiB free; if the guest writes "
+                 f"more, the run fails (exit 125)")
+
+
 def apply_size(spec: DiskSpec) -> None:
     """Create or grow the file to SIZE, sparse; never shrink."""
     if spec.size is None:
         return
+    warn_if_short_of_space(spec)
     fd = os.open(spec.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if os.fstat(fd).st_size < spec.size:

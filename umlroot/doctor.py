@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -21,16 +21,21 @@ from pathlib import Path
 
 import click
 
-from umlroot import guestmem, net, rundir
+from umlroot import guestinit, guestmem, net, rundir
 from umlroot.errors import UmlrootError
-from umlroot.kernel import probe
+from umlroot.kernel import packaged, probe, wheel
 from umlroot.kernel.build import REQUIRED_TOOLS, missing_tools
+from umlroot.kernel.fragment import fragment_text
+from umlroot.kernel.patches import build_id
 from umlroot.kernel.select import KernelChoice, find_kernel
 
 # `umlroot run --mem`'s default: what a memory directory should hold.
 DEFAULT_MEM = "1G"
 GUEST_MEMORY_BYTES = 1 << 30
 MIN_NOFILE_HARD = 4096
+# Less room than this where scratch disks go is worth a warning: a package
+# build or an image writes that much.
+SCRATCH_LOW = 2 * 2**30
 
 
 class Status(enum.Enum):
@@ -106,17 +111,49 @@ def boot_checks(choice: KernelChoice) -> BootReport:
                              "seccomp filters; umlroot falls back to ptrace mode")], ptrace)
 
 
+def check_kernel_wheel() -> Check:
+    """The umlroot-kernel wheel: INFO when absent, FAIL when damaged, WARN when
+    made for another umlroot (its kernel or init then is not what run wants)."""
+    name = f"kernel wheel ({packaged.DISTRIBUTION})"
+    directory = packaged.location()
+    if directory is None:
+        return Check(name, Status.INFO, "not installed (optional: `umlroot kernel wheel DIR` "
+                                        "makes one, `pip install` it, no compiler needed)")
+    try:
+        manifest = packaged.read(directory)
+    except UmlrootError as error:
+        return Check(name, Status.FAIL, error.message, error.hint)
+    found = packaged.Packaged(directory, manifest)
+    if manifest.machine != platform.machine():
+        return Check(name, Status.WARN, f"{directory} is for {manifest.machine}, this machine "
+                     f"is {platform.machine()}: not used", "install the wheel for this machine")
+    problems = wheel.installed_files_ok(found)
+    if problems:
+        return Check(name, Status.FAIL, f"{directory}: {'; '.join(problems)}",
+                     f"reinstall it (`pip install --force-reinstall {packaged.DISTRIBUTION}`)")
+    detail = f"kernel {manifest.record.version} (build {manifest.record.fragment_hash}) and " \
+             f"guest init in {directory}, checksums match"
+    stale = []
+    if manifest.record.fragment_hash != build_id(fragment_text()):
+        stale.append("its kernel was built with another kernel.config or patches")
+    if manifest.init_hash != guestinit.source_hash(guestinit.sources()):
+        stale.append("its guest init is from other sources (umlroot compiles its own)")
+    if stale:
+        return Check(name, Status.WARN, f"{detail}; made by umlroot {manifest.umlroot}: "
+                     + "; ".join(stale), f"install the {packaged.DISTRIBUTION} made for this "
+                                         "umlroot (`umlroot kernel wheel DIR`)")
+    return Check(name, Status.OK, detail)
+
+
 def check_guest_init() -> Check:
-    name = "C compiler + static libc"
+    name = "guest init"
     try:
-        guestinit = importlib.import_module("umlroot.guestinit")
-    except ImportError:
-        guestinit = None
-    try:
-        if guestinit is not None and hasattr(guestinit, "build_guest_init"):
-            built = guestinit.build_guest_init()
-            return Check(name, Status.OK, f"guest init built: {built}")
-        return compile_static_probe(name)
+        built = guestinit.build_guest_init()
+        wheel_init = packaged.prebuilt_init(guestinit.source_hash(guestinit.sources()))
+        if wheel_init is not None and built == wheel_init:
+            return Check(name, Status.OK, f"prebuilt, from the {packaged.DISTRIBUTION} wheel "
+                                          f"(no C compiler needed): {built}")
+        return Check(name, Status.OK, f"in the cache (built here or imported): {built}")
     except UmlrootError as error:
         return Check(name, Status.FAIL, error.message,
                      error.hint or "install gcc and static libc (Debian: gcc libc6-dev)")
@@ -181,6 +218,25 @@ def check_memory_dir(directory: Path) -> Check:
                      detail + f" (less than the default --mem {DEFAULT_MEM}: a guest that "
                      "touches more dies of SIGBUS)", guestmem.memdir_hint(DEFAULT_MEM))
     return Check(MEMORY_CHECK, Status.OK, detail)
+
+
+def check_scratch_space() -> Check:
+    """Where scratch disks go, on what, and how much room there is."""
+    parent = rundir.parent_dir()
+    kind = rundir.filesystem_type(parent) or "unknown filesystem"
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError as error:
+        return Check("scratch space", Status.FAIL, f"{parent}: {error.strerror}",
+                     "set TMPDIR to a directory you can write")
+    detail = f"{parent} ({kind}, {free / 2**30:.1f} GiB free)"
+    if kind in rundir.MEMORY_FILESYSTEMS:
+        return Check("scratch space", Status.WARN, detail + ": in memory, so what a command "
+                     "writes costs RAM twice", "set TMPDIR to a directory on disk")
+    if free < SCRATCH_LOW:
+        return Check("scratch space", Status.WARN, detail + ": a command that writes more "
+                     "fails (exit 125)", "set TMPDIR to a larger filesystem")
+    return Check("scratch space", Status.OK, detail)
 
 
 def check_run_dirs() -> Check:
@@ -252,8 +308,10 @@ def collect(echo: Callable[[Check], None]) -> list[Check]:
         for check in report.checks:
             add(check)
     add(check_memory(choice, boot))
+    add(check_kernel_wheel())
     add(check_guest_init())
     add(check_build_tools(choice is not None))
+    add(check_scratch_space())
     add(check_run_dirs())
     add(check_network())
     add(check_nofile())

@@ -52,6 +52,17 @@ class GuestClosedError(GuestError):
     """An operation on a Guest that was closed, or whose guest died."""
 
 
+class LostWritesError(GuestError):
+    """The host could not store some of the guest's writes (a full or failing
+    filesystem under the scratch disk, a --state file or a --disk image):
+    the guest's files or the image cannot be trusted. `report` is the
+    WritebackReport (nothing was written back if the scratch disk lost writes)."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class GuestBusyError(UmlrootError):
     """A Guest runs one command at a time: another is still running."""
 

@@ -45,6 +45,7 @@ class FakerootOptions:
     load: Path | None = None
     save: Path | None = None
     net: bool = False
+    real_owners: bool = False
 
 
 def shell_command(environ: Mapping[bytes, bytes] = os.environb) -> list[bytes]:
@@ -133,7 +134,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def run_fakeroot(options: FakerootOptions) -> int:
     argv = list(options.command) or shell_command()
-    base = RunOptions(argv=argv, writable=(Path("/"),), net=options.net)
+    base = RunOptions(argv=argv, writable=(Path("/"),), net=options.net,
+                      real_owners=options.real_owners)
     load, save = options.load, options.save
     if load is not None and save is not None and _same_file(load, save):
         if load.exists():

@@ -39,6 +39,7 @@ from umlroot.errors import (
     GuestBusyError,
     GuestClosedError,
     GuestError,
+    LostWritesError,
     UmlrootError,
 )
 from umlroot.guestinit import build_guest_init
@@ -62,7 +63,7 @@ from umlroot.session import (
     SignalForwarder,
 )
 from umlroot.state import open_state
-from umlroot.writeback import WritebackReport
+from umlroot.writeback import BlockStore, WritebackReport, lost_writes_line
 from umlroot.writeback import load as load_report
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class GuestOptions:
     disks: Sequence[str] = field(default_factory=tuple)
     # A network (umlroot/net.py); off by default, so builds stay hermetic.
     net: bool = False
+    # Host files show their real owners; by default yours show as root's, as
+    # under fakeroot and in a user namespace that maps root to you.
+    real_owners: bool = False
     keep_scratch: bool = False
     verbose: bool = False
 
@@ -227,14 +231,15 @@ class Guest:
                  writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
                  state: str | os.PathLike[str] | None = None, state_wait: bool = True,
                  disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
-                 keep_scratch: bool = False, verbose: bool = False) -> None:
+                 real_owners: bool = False, keep_scratch: bool = False,
+                 verbose: bool = False) -> None:
         options = GuestOptions(
             mem=mem, cpus=cpus, kernel=Path(kernel) if kernel is not None else None,
             cwd=Path(cwd) if cwd is not None else None,
             writable=tuple(Path(p) for p in writable), writeback=writeback,
             state=Path(state) if state is not None else None, state_wait=state_wait,
-            disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
-            verbose=verbose)
+            disks=tuple(os.fspath(d) for d in disks), net=net, real_owners=real_owners,
+            keep_scratch=keep_scratch, verbose=verbose)
         self._start(options, deadline=None)
 
     @classmethod
@@ -297,6 +302,19 @@ class Guest:
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
         attached = attach_disks(disk_specs, self.run_dir)
+        # For a lost-writes message: which host file each device writes to.
+        self._scopes = scopes
+        self._stores = {"ubda": (
+            BlockStore("the --state file", options.state.resolve().parent,
+                       "the state file may be damaged: make room there, then check it "
+                       "with `umlroot state info`")
+            if options.state is not None else
+            BlockStore("the scratch disk", self.run_dir.parent,
+                       "set TMPDIR to a larger filesystem"))}
+        for index, disk_spec in enumerate(disk_specs, start=1):
+            self._stores[f"ubd{chr(ord('a') + index)}"] = BlockStore(
+                f"disk {disk_spec.text}", disk_spec.path.resolve().parent,
+                "the image is incomplete: make room there")
         helper = stack.enter_context(network(self.run_dir)) if options.net else None
         self._disk_env = attached.env
         self.disks: dict[str, str] = {link.name: f"{DISK_DIR}/{link.name}"
@@ -305,7 +323,8 @@ class Guest:
             tmpfs_tmp=not needs_host_tmp(self.cwd, scopes),
             persistent=options.state is not None, scopes=scopes, start_ns=time.time_ns(),
             host_uid=os.getuid(), host_gid=os.getgid(), verbose=options.verbose,
-            disks=attached.links, hostname=os.fsencode(socket.gethostname()), net=options.net)
+            disks=attached.links, hostname=os.fsencode(socket.gethostname()), net=options.net,
+            map_owners=not options.real_owners)
         (self.run_dir / "request").write_bytes(request.encode())
         spec = MachineSpec(kernel=kernel.path, init=init, run_dir=self.run_dir,
                            disks=[UbdDisk(scratch), *attached.ubd], mem=options.mem,
@@ -430,7 +449,7 @@ class Guest:
                     self._dead = "it crashed"
                     raise self._failed("the guest crashed after the command finished "
                                         "(during writeback)")
-                self._final_report = self._report(result.writeback)
+                self._final_report = self._report(result.writeback, result.lost)
                 self._shut_down()
 
     def _interrupted(self, session: CommandSession) -> None:
@@ -466,10 +485,25 @@ class Guest:
 
     # -- writeback and the end --------------------------------------------------------------
 
-    def _report(self, line: str | None) -> WritebackReport | None:
-        if line is None or line.strip() == "none":
-            return None
-        return load_report(line, self.run_dir)
+    def _report(self, line: str | None, lost: str | None) -> WritebackReport | None:
+        # Scope `/` (fakeroot's): paths the host denies you are expected.
+        report = load_report(line, self.run_dir, lost=lost,
+                             denied_fails=b"/" not in self._scopes)
+        if report is not None and report.lost:
+            report.lost_message = lost_writes_line(report.lost, self._stores,
+                                                   written_back=not report.skipped)
+        return report
+
+    def _checked(self, report: WritebackReport | None) -> WritebackReport | None:
+        """report, unless writes were lost: then LostWritesError."""
+        line = self.lost_writes(report)
+        if line is not None:
+            raise LostWritesError(line, report)
+        return report
+
+    def lost_writes(self, report: WritebackReport | None) -> str | None:
+        """The one line that says which writes the host could not store, or None."""
+        return None if report is None else report.lost_message
 
     def _await(self, final: str, what: str) -> dict[str, str]:
         """Read control lines until `final`; returns the last line of each kind."""
@@ -499,7 +533,7 @@ class Guest:
             self._check_usable()
             self.channel.send("W")
             seen = self._await("WBDONE", "writeback")
-            return self._report(seen.get("WB"))
+            return self._checked(self._report(seen.get("WB"), seen.get("LOST")))
 
     def close(self) -> WritebackReport | None:
         """Write back, power off, remove everything. A command still running
@@ -521,12 +555,12 @@ class Guest:
                 self.channel.send("q 1")
                 seen = self._await("DONE", "writeback")
                 self.phases["writeback"] = time.monotonic() - self._started
-                self._final_report = self._report(seen.get("WB"))
+                self._final_report = self._report(seen.get("WB"), seen.get("LOST"))
         except BaseException:
             self.kill()
             raise
         self._shut_down()
-        return self._final_report
+        return self._checked(self._final_report)
 
     def _shut_down(self) -> None:
         # The init has synced every filesystem (UBD and hostfs writes are

@@ -13,6 +13,7 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import cache_dir, exclusive_lock
 from umlroot.errors import UmlrootError
+from umlroot.kernel import packaged
 
 _CFLAGS = ["-static", "-O2", "-Wall", "-Wextra", "-std=gnu11"]
 
@@ -52,19 +53,25 @@ def lock_path() -> Path:
 
 
 def build_guest_init() -> Path:
-    """Return the path of the cached init binary, building it if needed (a
-    kernel archive made by `umlroot kernel export` brings it prebuilt)."""
+    """Return the path of the cached init binary, else the kernel wheel's
+    prebuilt one, building it if neither is there (a kernel archive made by
+    `umlroot kernel export` brings it prebuilt into the cache)."""
     texts = sources()
-    target = init_path(source_hash(texts))
+    hash_ = source_hash(texts)
+    target = init_path(hash_)
     if target.exists():
         return target
+    prebuilt = packaged.prebuilt_init(hash_)
+    if prebuilt is not None:
+        return prebuilt
     cc = compiler()
     if cc is None:
         raise UmlrootError(
             "no C compiler found to build the guest init",
-            hint="install gcc and the static C library (Debian: apt-get install gcc libc6-dev), "
-                 "or import a kernel exported by this umlroot version (`umlroot kernel "
-                 "import FILE`: it carries the init prebuilt)",
+            hint="install the umlroot-kernel wheel made for this umlroot (it carries the init "
+                 "prebuilt), import a kernel exported by this umlroot version (`umlroot "
+                 "kernel import FILE`), or install gcc and the static C library (Debian: "
+                 "apt-get install gcc libc6-dev)",
         )
     with exclusive_lock(lock_path(), what="the guest init build"):
         if target.exists():

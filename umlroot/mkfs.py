@@ -30,6 +30,7 @@ from umlroot.gpt import wrap_in_gpt, write_gpt
 from umlroot.imagesize import image_length
 from umlroot.mkfs_options import (
     MkfsOptions,
+    Owners,
     Partitioning,
     SourceKind,
     check_combination,
@@ -164,7 +165,8 @@ def run_guest(plan: Plan, disk: Path, options: MkfsOptions) -> int:
     # The staging file's name ends the spec ("image"), so the options after
     # it cannot be mistaken for part of the path.
     run_options = RunOptions(argv=[os.fsencode(a) for a in argv], writeback=False,
-                             state=options.state, disks=(f"{disk}:name={DISK_NAME}",))
+                             state=options.state, disks=(f"{disk}:name={DISK_NAME}",),
+                             real_owners=options.owners is Owners.REAL)
     with guest_sees_tmp(guest_reads(options)):
         return run(run_options)
 
@@ -234,10 +236,42 @@ def build(options: MkfsOptions, kind: SourceKind, stage: Path) -> tuple[Path, st
     return image, root_hash
 
 
+def only_yours(top: Path) -> bool:
+    """Whether every entry of the tree is owned by you (uid and gid)."""
+    uid, gid = os.getuid(), os.getgid()
+    stack = [str(top)]
+    st = os.lstat(top)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        return False
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    return False
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return True
+
+
+def resolve_owners(options: MkfsOptions, kind: SourceKind) -> MkfsOptions:
+    """The default (your files root's) for a tree of only your files is
+    --all-root, which the offline tools do without booting a guest."""
+    if (kind is SourceKind.DIRECTORY and options.owners is Owners.YOURS_AS_ROOT
+            and only_yours(options.source)):
+        return replace(options, all_root=True)
+    return options
+
+
 def make_image(options: MkfsOptions) -> int:
     options = absolute(options)
     kind = source_kind(options.source)
     check_combination(options, kind)
+    try:
+        options = resolve_owners(options, kind)
+    except OSError as error:
+        raise UmlrootError(f"SOURCE {options.source}: cannot read {error.filename}: "
+                           f"{error.strerror}") from None
     check_visible(guest_reads(options))
     check_inputs(options)
     with staging(options.output) as stage:

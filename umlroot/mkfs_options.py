@@ -45,7 +45,10 @@ class Owners(enum.Enum):
     """Whose files go into the image, for a directory source (a tarball's
     members carry their own owners)."""
 
-    AS_SEEN = "as seen"      # the host's owners, or the tarball's
+    # As the guest sees the host: your files 0:0, other owners as they are
+    # (the default, as under fakeroot).
+    YOURS_AS_ROOT = "yours as root"
+    REAL = "real"            # the host's owners as they are (--real-owners)
     ALL_ROOT = "all root"    # every file 0:0
     STATE = "state"          # as a `--state` file shows the directory
 
@@ -74,6 +77,7 @@ class MkfsOptions:
     size: SizeSpec | None = None
     label: str | None = None
     all_root: bool = False
+    real_owners: bool = False
     state: Path | None = None
     partition: Partitioning = Partitioning.NONE
     luks_key: Path | None = None
@@ -86,7 +90,9 @@ class MkfsOptions:
             return Owners.ALL_ROOT
         if self.state is not None:
             return Owners.STATE
-        return Owners.AS_SEEN
+        if self.real_owners:
+            return Owners.REAL
+        return Owners.YOURS_AS_ROOT
 
 
 # What each tool accepts as a label (longer ones are refused by the tool
@@ -125,8 +131,9 @@ def _refuse(message: str, hint: str | None = None) -> UmlrootError:
 def check_combination(options: MkfsOptions, kind: SourceKind) -> None:
     """Refuse what cannot be built, with the reason, before any work."""
     fstype = options.fstype
-    if options.all_root and options.state is not None:
-        raise _refuse("--all-root and --state exclude each other (owners come from one place)")
+    if sum((options.all_root, options.state is not None, options.real_owners)) > 1:
+        raise _refuse("--all-root, --real-owners and --state exclude each other "
+                      "(owners come from one place)")
     if kind is SourceKind.TARBALL and options.state is not None:
         raise _refuse("--state gives the owners of a directory; a tarball carries its own",
                       hint="drop --state, or give the directory")

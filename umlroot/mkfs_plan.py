@@ -8,11 +8,16 @@ btrfs/xfs/vfat to fill them). So a job with nothing for root boots nothing.
 
 | source, owners                | ext4            | btrfs/xfs/vfat | squashfs/erofs/iso9660 |
 |-------------------------------|-----------------|----------------|------------------------|
-| directory, as seen            | host            | guest          | host                   |
+| directory, --real-owners      | host            | guest          | host                   |
 | directory, --all-root         | host + chown    | guest          | host                   |
+| directory, yours as root (*)  | host + chown    | guest          | guest                  |
 | directory, --state            | guest           | guest          | guest                  |
 | tarball                       | guest           | guest          | guest (extract first)  |
 | --luks (block types)          | guest           | guest          | refused                |
+
+(*) The default: your files root's, other owners' as they are, as the guest
+sees the host. A tree that holds only your files is made as with --all-root
+(mkfs.resolve_owners), so only a tree with other owners' files takes this row.
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ def host_only(options: MkfsOptions, kind: SourceKind) -> bool:
     """The offline tool writes the whole image (no step needs root)."""
     return (kind is SourceKind.DIRECTORY and options.owners is not Owners.STATE
             and options.luks_key is None
+            and options.owners in (Owners.REAL, Owners.ALL_ROOT)
             and (options.fstype.writes_file
-                 or (options.fstype is FsType.EXT4 and options.owners is Owners.AS_SEEN)))
+                 or (options.fstype is FsType.EXT4 and options.owners is Owners.REAL)))
 
 
 def ext4_prefilled_on_host(options: MkfsOptions, kind: SourceKind) -> bool:
@@ -86,7 +92,8 @@ def ext4_prefilled_on_host(options: MkfsOptions, kind: SourceKind) -> bool:
     root needed, and 2x faster than in the guest, see docs/images.md); the
     guest only hands the files to root."""
     return (options.fstype is FsType.EXT4 and kind is SourceKind.DIRECTORY
-            and options.owners is Owners.ALL_ROOT and options.luks_key is None)
+            and options.owners in (Owners.ALL_ROOT, Owners.YOURS_AS_ROOT)
+            and options.luks_key is None)
 
 
 def _label(flag: str, options: MkfsOptions) -> list[str]:
@@ -182,6 +189,15 @@ def guest_device(options: MkfsOptions) -> str:
     return GUEST_DISK
 
 
+def root_owner_steps(options: MkfsOptions, mnt: str) -> list[list[str]]:
+    """Hand the files that the host's `mkfs.ext4 -d` copied with their host
+    owners to root: all of them, or (yours as root) only yours."""
+    if options.owners is Owners.ALL_ROOT:
+        return [["chown", "-hR", "0:0", mnt]]
+    return [["chown", "-hR", f"--from={os.getuid()}", "0", mnt],
+            ["chown", "-hR", f"--from=:{os.getgid()}", ":0", mnt]]
+
+
 def _fill_mounted(options: MkfsOptions, kind: SourceKind, source: str,
                   device: str) -> list[list[str]]:
     mnt = f"{MOUNT_POINT}/fs"
@@ -201,7 +217,7 @@ def guest_steps(options: MkfsOptions, kind: SourceKind, content: Content | None)
     device = guest_device(options)
     if ext4_prefilled_on_host(options, kind):
         mnt = f"{MOUNT_POINT}/fs"
-        return [["mkdir", "-p", mnt], ["mount", device, mnt], ["chown", "-hR", "0:0", mnt],
+        return [["mkdir", "-p", mnt], ["mount", device, mnt], *root_owner_steps(options, mnt),
                 ["umount", mnt]]
     if options.fstype.writes_file:
         steps: list[list[str]] = []

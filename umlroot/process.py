@@ -108,6 +108,22 @@ def returncode_of(result: Result, argv0: bytes) -> tuple[int, str | None]:
                               f"{os.strerror(result.value)}")
 
 
+def with_delivery(returncode: int, error: str | None, report: WritebackReport | None,
+                  lost_writes: str | None) -> tuple[int, str | None]:
+    """A run's status once its output is accounted for: a fault never passes
+    as success. Writes the host could not store make any run fail (125: the
+    guest's files, or an image, cannot be trusted). Output in scope that
+    could not be delivered (a full or read-only destination, a conflict)
+    fails a run whose command succeeded (125: umlroot's failure, not the
+    command's; the writeback summary names the paths); a failed command
+    keeps its own status."""
+    if lost_writes is not None:
+        return ExitCode.UMLROOT, lost_writes
+    if report is not None and not report.delivered() and returncode == 0:
+        return ExitCode.UMLROOT, error
+    return returncode, error
+
+
 # -- stdio -----------------------------------------------------------------------------
 
 
@@ -281,8 +297,18 @@ def run_in(guest: Guest, args: Arg | Sequence[Arg], *, stdin: File, input: bytes
         raise TimeoutExpired(argv, timeout, output=out, stderr=err,
                              message=_timeout_message(timeout, killed_guest=last))
     returncode, error = returncode_of(result, argv[0])
-    completed = CompletedProcess(args, returncode, out, err, error=error,
-                                 writeback=guest._final_report if last else None)
+    for stream, name, sink in ((1, "stdout", stdio.stdout), (2, "stderr", stdio.stderr)):
+        if sink.error is not None:
+            returncode = ExitCode.UMLROOT
+            error = f"could not pass on the command's {name}: {sink.error.strerror}"
+        if stream in result.output_lost:
+            returncode = ExitCode.UMLROOT
+            error = (f"the command's {name} was lost: the guest could not store it in the "
+                     f"run directory ({os.strerror(result.output_lost[stream])} in "
+                     f"{guest.run_dir.parent}); set TMPDIR to a larger filesystem")
+    report = guest._final_report if last else None
+    returncode, error = with_delivery(returncode, error, report, guest.lost_writes(report))
+    completed = CompletedProcess(args, returncode, out, err, error=error, writeback=report)
     if check:
         completed.check_returncode()
     return completed
@@ -311,7 +337,8 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
         writable: Sequence[str | os.PathLike[str]] = (), writeback: bool = True,
         state: str | os.PathLike[str] | None = None, state_wait: bool = True,
         disks: Sequence[str | os.PathLike[str]] = (), net: bool = False,
-        keep_scratch: bool = False, verbose: bool = False) -> CompletedProcess:
+        real_owners: bool = False, keep_scratch: bool = False,
+        verbose: bool = False) -> CompletedProcess:
     """Run one command as root in a fresh guest, like `umlroot run`: boot,
     run, write back (if it ran), power off. See docs/api.md."""
     options = GuestOptions(
@@ -319,8 +346,8 @@ def run(args: Arg | Sequence[Arg], *, stdin: File = None, input: bytes | None = 
         cwd=Path(os.fsdecode(cwd)) if cwd is not None else None,
         writable=tuple(Path(p) for p in writable), writeback=writeback,
         state=Path(state) if state is not None else None, state_wait=state_wait,
-        disks=tuple(os.fspath(d) for d in disks), net=net, keep_scratch=keep_scratch,
-        verbose=verbose)
+        disks=tuple(os.fspath(d) for d in disks), net=net, real_owners=real_owners,
+        keep_scratch=keep_scratch, verbose=verbose)
     argv_bytes(args)  # no command: fail before booting
     deadline = time.monotonic() + timeout if timeout is not None else None
     with maybe_forward(forward_signals) as signals:

@@ -64,6 +64,8 @@ class MachineRequest:
     verbose: bool = False
     hostname: bytes = b""
     net: bool = False
+    # The invoking user's host files show as root's (host_uid/gid <-> 0).
+    map_owners: bool = True
     disks: Sequence[DiskLink] = field(default_factory=tuple)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
@@ -80,6 +82,7 @@ class MachineRequest:
             yield b"hostname", self.hostname
         if self.net:
             yield b"net", b"1"
+        yield b"map-owners", b"1" if self.map_owners else b"0"
         for disk in self.disks:
             yield b"disk", f"{disk.device} {disk.name}".encode()
 

@@ -35,17 +35,56 @@ _SAFE_PATH_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
 
 
+# Filesystems that live in memory: a scratch disk there costs RAM twice
+# (the tmpfs pages, and the guest's page cache of the same data).
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+_TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")
+_ON_DISK_FALLBACK = Path("/var/tmp")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding `path` (the longest mount point
+    above it in /proc/self/mounts); "" if unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, fields[2]
+    return best_type
+
+
 def parent_dir() -> Path:
-    """TMPDIR if its path can travel on the UML command line, else /tmp."""
-    candidate = Path(tempfile.gettempdir())
+    """Where run directories (and their scratch disks) go: $TMPDIR when set;
+    else /tmp, unless /tmp lives in memory and /var/tmp is on disk (Debian
+    trixie's /tmp is a tmpfs). A path that cannot travel on the UML command
+    line falls back to /tmp."""
+    if any(os.environ.get(name) for name in _TEMP_VARIABLES):
+        candidate = Path(tempfile.gettempdir())
+    else:
+        candidate = Path("/tmp")
+        if (filesystem_type(candidate) in MEMORY_FILESYSTEMS
+                and os.access(_ON_DISK_FALLBACK, os.W_OK | os.X_OK)
+                and filesystem_type(_ON_DISK_FALLBACK) not in MEMORY_FILESYSTEMS):
+            candidate = _ON_DISK_FALLBACK
     if set(str(candidate)) <= _SAFE_PATH_CHARS:
         return candidate
     return Path("/tmp")
 
 
 def sweep_dirs() -> list[Path]:
-    """Where run directories of this user may be: the current parent and /tmp."""
-    return list(dict.fromkeys([parent_dir(), Path("/tmp")]))
+    """Where run directories of this user may be: the current parent, /tmp
+    and /var/tmp."""
+    return list(dict.fromkeys([parent_dir(), Path("/tmp"), _ON_DISK_FALLBACK]))
 
 
 def _lock_dir(path: Path, *, wait: bool) -> int | None:

@@ -38,7 +38,8 @@ def run(options: RunOptions) -> int:
             mem=options.mem, cpus=options.cpus, kernel=options.kernel,
             writable=options.writable, writeback=options.writeback,
             state=options.state, state_wait=options.state_wait, disks=options.disks,
-            net=options.net, keep_scratch=options.keep_scratch, verbose=options.verbose,
+            net=options.net, real_owners=options.real_owners,
+            keep_scratch=options.keep_scratch, verbose=options.verbose,
             forward_signals=True)
     except TimeoutExpired as expired:
         log.say(expired.message)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from umlroot.channel import ControlChannel
+from umlroot.errors import UmlrootError
 from umlroot.inotify import DirectoryWatch
 from umlroot.libc import libc
 from umlroot.machine import Machine
@@ -72,6 +73,9 @@ class Result:
     outcome: Outcome | None = None
     value: int = 0
     writeback: str | None = None      # the `WB ...` line (a last command only)
+    lost: str | None = None           # the last `LOST ...` line: writes the host refused
+    # `OUTLOST <stream> <errno>`: the guest could not store CMD's output in the run dir.
+    output_lost: dict[int, int] = field(default_factory=dict)
     done: bool = False                # init finished (DONE) before power-off
     error: str | None = None          # `ERR step: message`: the init gave up
     timed_out: bool = False
@@ -87,7 +91,13 @@ class Sink(Protocol):
 
     @property
     def broken(self) -> bool:
-        """The reader went away (EPIPE): the rest is dropped."""
+        """The reader went away (EPIPE), or writing failed: the rest is dropped."""
+        ...
+
+    @property
+    def error(self) -> OSError | None:
+        """Why writing failed on our side (a full disk), if it did: the
+        command's output did not arrive, so the run fails."""
         ...
 
 
@@ -97,6 +107,7 @@ class FdSink:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.broken = False
+        self.error: OSError | None = None
         self.abandoned = threading.Event()  # stop waiting for a stuck reader
 
     def write(self, data: bytes) -> None:
@@ -113,10 +124,11 @@ class FdSink:
                     self.broken = True
                 continue
             except OSError as error:
-                if error.errno not in (errno.EPIPE, errno.EBADF):
-                    raise
                 # Our reader went away (or there is no such fd): drop the
-                # rest, as writes to a closed pipe would.
+                # rest, as writes to a closed pipe would. Any other error
+                # (ENOSPC, EIO) loses output: dropped too, and remembered.
+                if error.errno not in (errno.EPIPE, errno.EBADF):
+                    self.error = error
                 self.broken = True
                 return
             view = view[written:]
@@ -126,6 +138,7 @@ class BufferSink:
     """Captured output (run(capture_output=True))."""
 
     broken = False
+    error: OSError | None = None
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -136,6 +149,7 @@ class BufferSink:
 
 class NullSink:
     broken = False
+    error: OSError | None = None
 
     def write(self, data: bytes) -> None:
         pass
@@ -223,7 +237,14 @@ class StdinSpool:
             return None
         number = self.next_chunk
         self.next_chunk += 1
-        (self.io_dir / f"in.{number}").write_bytes(data)
+        try:
+            (self.io_dir / f"in.{number}").write_bytes(data)
+        except OSError as error:
+            # The run directory was removed, or its filesystem is full.
+            raise UmlrootError(f"could not pass stdin on to the guest through "
+                               f"{self.io_dir}: {error.strerror}",
+                               hint="keep the run directory in place and give it room "
+                                    "(it lives in $TMPDIR)") from None
         self.in_flight.add(number)
         return f"i {number} {len(data)}"
 
@@ -471,6 +492,11 @@ class CommandSession:
             self._mark("command")
         elif kind == "WB":
             self.result.writeback = rest
+        elif kind == "LOST":
+            self.result.lost = rest
+        elif kind == "OUTLOST":
+            stream, _, error = rest.partition(" ")
+            self.result.output_lost[int(stream)] = int(error or 0)
         elif kind == "DONE":
             self.result.done = True
             self._mark("writeback")

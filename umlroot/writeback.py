@@ -5,13 +5,19 @@ The guest init sends one control line, `WB key=value ...` (counts), or
 in `<run dir>/writeback.report`: lines `<kind>\\t[<detail>\\t]<path>`, with
 backslash and newline in paths escaped as `\\\\` and `\\n` (see
 guest-init/writeback.c). Nothing is printed when there is nothing to say.
+
+Before it, `LOST <dev>:<count>:<errno> ...` when a guest block device lost
+writes the host could not store (then `WB lost`: nothing was written
+back, as the files may hold holes where their data was); after the final
+sync of --state and --disk files, a LOST line says the same of them.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +64,54 @@ class Entry:
     detail: str | None = None
 
 
+@dataclass(frozen=True)
+class LostWrites:
+    """Writes to one guest block device that the host could not store."""
+
+    device: str      # ubda (the scratch disk or --state file), ubdb ... (--disk)
+    count: int
+    host_errno: int
+
+
+def parse_lost(line: str | None) -> tuple[LostWrites, ...]:
+    """`ubda:3:28 ubdb:1:5` (a LOST line's words) -> LostWrites, skipping junk."""
+    lost: list[LostWrites] = []
+    for word in (line or "").split():
+        device, _, rest = word.partition(":")
+        count, _, errno = rest.partition(":")
+        if device and count.isdigit() and errno.isdigit():
+            lost.append(LostWrites(device, int(count), int(errno)))
+    return tuple(lost)
+
+
 @dataclass
 class WritebackReport:
     counts: dict[str, int] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
+    # Nothing was written back: the guest lost writes before writeback.
+    skipped: bool = False
+    lost: tuple[LostWrites, ...] = ()
+    # Whether a path the host does not let you write is a failure (a scope
+    # you named) or expected (scope `/`: everything you may write).
+    denied_fails: bool = True
+    # The one line that says which writes were lost, where and why (made
+    # while the run directory still exists, for its free space).
+    lost_message: str | None = None
 
     def count(self, key: str) -> int:
         return self.counts.get(key, 0)
+
+    @property
+    def undelivered(self) -> list[Entry]:
+        """What should have come back and did not (failed, conflicts, and
+        denied where it counts), with why; empty when all was delivered."""
+        kinds = {Kind.FAILED, Kind.CONFLICT} | ({Kind.DENIED} if self.denied_fails else set())
+        return [entry for entry in self.entries if entry.kind in kinds]
+
+    def delivered(self) -> bool:
+        """Everything in scope reached the host, and no write was lost."""
+        keys = ("failed", "conflicts") + (("denied",) if self.denied_fails else ())
+        return not self.lost and not self.skipped and not any(self.count(k) for k in keys)
 
     def paths(self, kind: Kind) -> list[Entry]:
         return [entry for entry in self.entries if entry.kind is kind]
@@ -106,12 +153,22 @@ def parse_report(text: str) -> list[Entry]:
     return entries
 
 
-def load(line: str, run_dir: Path) -> WritebackReport:
+def load(line: str | None, run_dir: Path, *, lost: str | None = None,
+         denied_fails: bool = True) -> WritebackReport | None:
+    """The report from the guest's `WB` and `LOST` lines; None when there
+    was nothing in scope and nothing was lost."""
+    lost_writes = parse_lost(lost)
+    words = (line or "none").strip()
+    if words == "lost":
+        return WritebackReport(skipped=True, lost=lost_writes, denied_fails=denied_fails)
+    if words == "none":
+        return WritebackReport(lost=lost_writes) if lost_writes else None
     try:
         text = (run_dir / REPORT_NAME).read_text(errors="surrogateescape")
     except OSError:
         text = ""
-    return WritebackReport(parse_counts(line), parse_report(text))
+    return WritebackReport(parse_counts(words), parse_report(text), lost=lost_writes,
+                           denied_fails=denied_fails)
 
 
 def _plural(n: int, singular: str, plural: str | None = None) -> str:
@@ -176,3 +233,37 @@ def print_report(report: WritebackReport | None, *, verbose: bool) -> None:
         return
     for text in summary_lines(report, verbose=verbose):
         log.say(text)
+
+
+@dataclass(frozen=True)
+class BlockStore:
+    """The host file behind a guest block device, for messages."""
+
+    what: str        # "the scratch disk", "the --state file", "disk root.img"
+    where: Path      # the directory whose filesystem holds it
+    hint: str = ""   # what to do about a full filesystem there
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return "free space unknown"
+    return f"{free // 2**20} MiB free"
+
+
+def lost_writes_line(lost: Iterable[LostWrites], stores: Mapping[str, BlockStore], *,
+                     written_back: bool) -> str:
+    """One line naming each device that lost writes, its host file, the
+    host's error and the room left there, e.g. `the host could not store the
+    scratch disk's writes (No space left on device in /tmp: 12 MB free);
+    set TMPDIR to a larger filesystem`."""
+    parts: list[str] = []
+    for item in lost:
+        store = stores.get(item.device, BlockStore(f"/dev/{item.device}", Path("/")))
+        where = store.where
+        reason = os.strerror(item.host_errno) if item.host_errno else "an I/O error"
+        text = (f"the host could not store {_plural(item.count, 'write')} to {store.what} "
+                f"({reason} in {where}: {_free_space(where)})")
+        parts.append(text + (f"; {store.hint}" if store.hint else ""))
+    return "; ".join(parts) + ("" if written_back else "; nothing was written back")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -34,12 +33,14 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from umlroot import __version__, guestinit, log
 from umlroot.cache import exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import probe, store
 from umlroot.kernel.build import install
+from umlroot.kernel.download import file_sha256 as _sha256
 from umlroot.kernel.fragment import fragment_text
 from umlroot.kernel.patches import build_id, carried
 from umlroot.kernel.select import Origin, describe_binary, find_kernel
@@ -56,14 +57,6 @@ MAX_MEMBER_BYTES = 256 << 20
 
 def _fail(message: str, hint: str | None = None) -> UmlrootError:
     return UmlrootError(message, hint=hint, exit_code=ExitCode.FAILED)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +95,9 @@ def _cached_entry(explicit: Path | None) -> store.Entry:
     for entry in store.installed():
         if entry.binary.resolve() == choice.path.resolve():
             return entry
-    how = "it was named by path" if choice.origin is not Origin.CACHE else "it has no record"
+    how = {Origin.CACHE: "it has no record",
+           Origin.WHEEL: "it is the installed umlroot-kernel wheel's, which is packed already",
+           }.get(choice.origin, "it was named by path")
     raise _fail(f"{choice.path} is not a kernel built by `umlroot kernel build` ({how})",
                 "export a kernel from the cache (`umlroot kernel info` shows which)")
 
@@ -116,7 +111,17 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, f)
 
 
-def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """What an export archive or a kernel wheel carries."""
+
+    kernel: Path
+    init: Path
+    manifest: Manifest
+
+
+def bundle(explicit: Path | None = None) -> Bundle:
+    """A cached kernel, this umlroot's guest init (built if needed) and their manifest."""
     entry = _cached_entry(explicit)
     init = guestinit.build_guest_init()
     # Say which patches it carries even where an older record did not.
@@ -125,28 +130,41 @@ def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
     manifest = Manifest(FORMAT, __version__, platform.machine(), record,
                         guestinit.source_hash(guestinit.sources()),
                         {KERNEL: _sha256(entry.binary), INIT: _sha256(init)})
-    destination = destination.absolute()
-    # Written next to the destination and renamed: a cache step that reads
-    # the file never sees half an archive.
+    return Bundle(entry.binary, init, manifest)
+
+
+@contextlib.contextmanager
+def replaced_atomically(destination: Path) -> Iterator[BinaryIO]:
+    """A file written next to `destination` and renamed over it when the block
+    ends (removed if it raises): a cache step that reads the file never sees
+    half of it."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz",
-                                                               compresslevel=6) as tar:
-            text = manifest.to_json().encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(text)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(text))
-            _add_file(tar, KERNEL, entry.binary)
-            _add_file(tar, INIT, init)
+        with os.fdopen(fd, "wb") as raw:
+            yield raw
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, destination)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+
+
+def export_kernel(destination: Path, explicit: Path | None = None) -> Manifest:
+    parts = bundle(explicit)
+    manifest = parts.manifest
+    destination = destination.absolute()
+    with replaced_atomically(destination) as raw, \
+            tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+        text = manifest.to_json().encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(text)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(text))
+        _add_file(tar, KERNEL, parts.kernel)
+        _add_file(tar, INIT, parts.init)
     size = destination.stat().st_size
-    log.say(f"exported kernel {entry.record.version} (build {entry.record.fragment_hash}) "
+    log.say(f"exported kernel {manifest.record.version} (build {manifest.record.fragment_hash}) "
             f"and guest init {manifest.init_hash} to {destination} ({size / 2**20:.1f} MiB)")
     return manifest
 

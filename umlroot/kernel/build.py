@@ -20,7 +20,7 @@ from pathlib import Path
 from umlroot import log
 from umlroot.cache import cache_dir, exclusive_lock
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.kernel import fragment, patches, probe, store
+from umlroot.kernel import download, fragment, patches, probe, store
 from umlroot.kernel import source as ksource
 from umlroot.kernel.version import KernelVersion, check_buildable
 
@@ -33,6 +33,8 @@ DEFAULT_COMPILE_STEPS = 980
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     source: Path | None = None
+    url: str | None = None  # --source URL: downloaded, checked against sha256
+    sha256: str | None = None  # --sha256: what --source (URL or file) must be
     suites: tuple[str, ...] = ksource.DEFAULT_SUITES
     mirror: str | None = None
     jobs: int = 0  # 0: one per CPU
@@ -46,7 +48,9 @@ class SourcePlan:
     description: str
     source_id: str
     version: KernelVersion | None  # known before unpacking, if the name tells
-    path: Path | None = None  # tree or tarball
+    path: Path | None = None  # tree or tarball (a download's once fetched)
+    url: str | None = None
+    sha256: str | None = None
     apt: ksource.PrivateApt | None = None
     package: ksource.DebianPackage | None = None
 
@@ -77,8 +81,39 @@ def _tarball_plan(path: Path, what: str) -> SourcePlan:
                       f"tarball:{path}:{st.st_size}:{st.st_mtime_ns}", version, path=path)
 
 
+def _download_plan(url: str, sha256: str, what: str) -> SourcePlan:
+    try:
+        version: KernelVersion | None = ksource.tarball_version(Path(download.file_name(url)))
+    except UmlrootError:
+        version = None
+    # Identified by content: the same tarball from another URL is the same source.
+    return SourcePlan(ksource.SourceKind.DOWNLOAD, f"{what} {url} (SHA-256 {sha256[:16]}...)",
+                      f"sha256:{sha256}", version, url=url, sha256=sha256)
+
+
+def _pinned_plan() -> SourcePlan:
+    pinned = download.PINNED
+    if pinned.sha256 is None:
+        raise UmlrootError(
+            "no Debian archive in this machine's APT sources, and this umlroot ships no "
+            f"verified SHA-256 for kernel.org's linux-{pinned.version}",
+            hint=f"pass --source {pinned.url} --sha256 HEX (kernel.org's sha256sums.asc "
+                 "lists it), --source FILE, or --mirror URI (a Debian mirror)",
+            exit_code=ExitCode.FAILED)
+    log.say(f"no Debian archive in this machine's APT sources: building kernel.org's "
+            f"linux-{pinned.version} (SHA-256 pinned in umlroot)")
+    return _download_plan(pinned.url, pinned.sha256, "kernel.org")
+
+
 def plan_source(options: BuildOptions) -> SourcePlan:
     """Decide where the source comes from (downloads only the package index)."""
+    if options.url is not None:
+        if options.sha256 is None:
+            raise UmlrootError(f"--source {options.url}: a download needs --sha256 HEX",
+                               hint="give the SHA-256 its publisher lists (kernel.org: "
+                                    "sha256sums.asc), or download it and pass --source FILE",
+                               exit_code=ExitCode.FAILED)
+        return _download_plan(options.url, options.sha256, "download")
     if options.source is not None:
         kind = ksource.classify_source(options.source)
         if kind is ksource.SourceKind.TREE:
@@ -90,10 +125,19 @@ def plan_source(options: BuildOptions) -> SourcePlan:
                                    hint="run `make mrproper` in it, or pass the tarball instead",
                                    exit_code=ExitCode.FAILED)
             return SourcePlan(kind, f"tree {tree}", f"tree:{tree}:{version}", version, path=tree)
+        if options.sha256 is not None:
+            download.verify_file(options.source, options.sha256)
+            return dataclasses.replace(_tarball_plan(options.source, "tarball"),
+                                       source_id=f"sha256:{options.sha256}")
         return _tarball_plan(options.source, "tarball")
+    if options.sha256 is not None:
+        raise UmlrootError("--sha256 checks a --source URL or FILE: name one",
+                           exit_code=ExitCode.FAILED)
     installed = ksource.usable_installed_tarball()
     if installed is not None:
         return _tarball_plan(installed.path, "installed")
+    if options.mirror is None and not ksource.can_use_debian_archive():
+        return _pinned_plan()
     log.say(f"fetching: looking for the newest linux-source in {', '.join(options.suites)}")
     apt, package = ksource.find_debian_package(cache_dir() / "apt", options.mirror,
                                               options.suites)
@@ -230,7 +274,7 @@ def obtain_tree(plan: SourcePlan, ws: Workspace) -> tuple[Path, Path | None]:
         assert plan.path is not None
         # Built out of tree (plan_source checked it is clean): the user's tree stays as it was.
         return plan.path, ws.root / "obj"
-    tarball = plan.path
+    tarball = plan.path  # a download's was fetched by fetch_source
     if plan.kind is ksource.SourceKind.DEBIAN:
         assert plan.apt is not None and plan.package is not None
         log.say(f"fetching: {plan.package.name} {plan.package.deb_version}")
@@ -323,7 +367,16 @@ def build_kernel(options: BuildOptions) -> BuildResult:
                     f"kernel.config is built already: {existing.binary} (nothing to do; "
                     "--force rebuilds)")
             return BuildResult(Outcome.UP_TO_DATE, existing)
-        return _build_locked(options, plan, frag_options, frag_hash)
+        return _build_locked(options, fetch_source(plan), frag_options, frag_hash)
+
+
+def fetch_source(plan: SourcePlan) -> SourcePlan:
+    """Download (and verify) a tarball before any build directory exists: a
+    failed download leaves nothing but its resumable .part in the cache."""
+    if plan.kind is not ksource.SourceKind.DOWNLOAD or plan.path is not None:
+        return plan
+    assert plan.url is not None and plan.sha256 is not None
+    return dataclasses.replace(plan, path=download.fetch(plan.url, plan.sha256))
 
 
 def _build_locked(options: BuildOptions, plan: SourcePlan,

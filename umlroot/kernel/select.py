@@ -1,9 +1,13 @@
 """Which kernel `umlroot run` uses, and why.
 
-Order: `--kernel PATH`, `$UMLROOT_KERNEL`, the per-user cache, then a distro
-`linux.uml` that passes the boot probe on this machine. The cache path does no
-boot (it runs on every `umlroot run`); a system kernel is probed once per
-kernel file and host CPU, and the verdict is cached.
+Order: `--kernel PATH`, `$UMLROOT_KERNEL`; then the per-user cache and the
+kernel wheel (`umlroot-kernel`, packaged.py): a kernel built with this
+umlroot's build id (kernel.config + patches) before one that is not, and
+between two equally current ones the cache's, which this user built or
+imported on purpose; then a distro `linux.uml` that passes the boot probe on
+this machine. The cache and wheel paths do no boot (they run on every
+`umlroot run`); a system kernel is probed once per kernel file and host CPU,
+and the verdict is cached.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from umlroot.errors import ExitCode, UmlrootError
-from umlroot.kernel import probe, store
+from umlroot.kernel import packaged, probe, store
 from umlroot.kernel.fragment import fragment_text
 from umlroot.kernel.patches import build_id, carried
 
@@ -27,6 +31,7 @@ class Origin(enum.Enum):
     OPTION = "--kernel"
     ENV = "UMLROOT_KERNEL"
     CACHE = "cache"
+    WHEEL = "wheel"
     SYSTEM = "system"
 
 
@@ -87,16 +92,42 @@ def _carried(record: store.Record) -> tuple[str, ...] | None:
     return carried(record.patches, record.fragment_hash, fragment_text())
 
 
-def from_cache() -> KernelChoice | None:
-    current = build_id(fragment_text())
-    entry = store.best(store.installed(), current)
-    if entry is None:
-        return None
+def _cache_choice(entry: store.Entry, current: str) -> KernelChoice:
     note = "" if entry.record.fragment_hash == current else \
         " (built with an older kernel.config; `umlroot kernel build` updates it)"
     return KernelChoice(entry.binary, entry.record.version, Origin.CACHE,
                         f"built by `umlroot kernel build` from {entry.record.source}{note}",
                         entry.record.smp, _boot_args(entry.binary), _carried(entry.record))
+
+
+def _wheel_choice(found: packaged.Packaged, current: str) -> KernelChoice:
+    record = found.manifest.record
+    if not os.access(found.kernel, os.X_OK):
+        raise UmlrootError(f"the {packaged.DISTRIBUTION} wheel's kernel {found.kernel} is not "
+                           "executable (installed by a tool that drops file modes?)",
+                           hint=f"reinstall it with pip (`pip install --force-reinstall "
+                                f"{packaged.DISTRIBUTION}`)", exit_code=ExitCode.UMLROOT)
+    note = "" if record.fragment_hash == current else \
+        (f" (built with another kernel.config or patches, build {record.fragment_hash}: "
+         f"install the {packaged.DISTRIBUTION} made for this umlroot)")
+    return KernelChoice(found.kernel, record.version, Origin.WHEEL,
+                        f"from the {packaged.DISTRIBUTION} wheel in {found.directory}, "
+                        f"built from {record.source}{note}",
+                        record.smp, _boot_args(found.kernel), _carried(record))
+
+
+def from_installed() -> KernelChoice | None:
+    """The cache's kernel or the wheel's: a current build first, the cache's on a tie."""
+    current = build_id(fragment_text())
+    entry = store.best(store.installed(), current)
+    found = packaged.find()
+    cache_current = entry is not None and entry.record.fragment_hash == current
+    wheel_current = found is not None and found.manifest.record.fragment_hash == current
+    if entry is not None and (cache_current or not wheel_current):
+        return _cache_choice(entry, current)
+    if found is not None:
+        return _wheel_choice(found, current)
+    return None
 
 
 def system_candidates() -> list[Path]:
@@ -128,9 +159,9 @@ def find_kernel(explicit: Path | None = None) -> KernelChoice:
     env = os.environ.get("UMLROOT_KERNEL")
     if env:
         return _named(Path(env), Origin.ENV, "UMLROOT_KERNEL")
-    cached = from_cache()
-    if cached is not None:
-        return cached
+    installed = from_installed()
+    if installed is not None:
+        return installed
     system, refusals = from_system()
     if system is not None:
         return system

@@ -1,4 +1,5 @@
-"""Where the kernel source comes from: --source, /usr/src, or the Debian archive.
+"""Where the kernel source comes from: --source, /usr/src, the Debian archive,
+or (where APT names no Debian archive) a kernel.org tarball (download.py).
 
 The Debian archive carries kernel sources as `linux-source-X.Y` packages. An
 unprivileged user can download one with a private APT state (sources list,
@@ -13,6 +14,7 @@ import dataclasses
 import enum
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ class SourceKind(enum.Enum):
     TREE = "tree"
     TARBALL = "tarball"
     DEBIAN = "debian"
+    DOWNLOAD = "download"  # a tarball at a URL, checked against a SHA-256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,14 @@ def debian_archive_source(sources: Iterable[AptSource]) -> AptSource | None:
         if source.is_debian_archive():
             return source
     return None
+
+
+def can_use_debian_archive() -> bool:
+    """Whether this host can fetch linux-source from Debian by itself: APT and
+    dpkg-deb are there, and its APT sources name a Debian archive."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return False
+    return debian_archive_source(host_apt_sources()) is not None
 
 
 @dataclasses.dataclass(frozen=True)
