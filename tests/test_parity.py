@@ -576,16 +576,23 @@ def ext4_listing(image: Path) -> str:
     return "\n".join(out)
 
 
-def test_mkfs_of_your_tree_is_roots_as_under_fakeroot(small_tree: Path) -> None:
-    """`umlroot mkfs ext4 DIR IMG` (no --all-root) of a tree you made gives
-    what `fakeroot mkfs.ext4 -d` gives: every entry root's, modes kept."""
+@pytest.mark.xfail(strict=True, reason=(
+    "umlroot mkfs ext4 copies with the host's mkfs.ext4 -d, then runs chown -hR in the guest "
+    "on the mounted image: the kernel clears setuid bits on chown (root too), so the image's "
+    "setuid file is 0755 where fakeroot mkfs.ext4 -d keeps 4755"))
+@pytest.mark.parametrize("options", [[], ["--all-root"]], ids=["default", "--all-root"])
+def test_mkfs_of_your_tree_is_roots_as_under_fakeroot(small_tree: Path,
+                                                       options: list[str]) -> None:
+    """`umlroot mkfs ext4 DIR IMG` of a tree you made (by default and with
+    --all-root) gives what `fakeroot mkfs.ext4 -d` gives: every entry
+    root's, modes (setuid included) kept."""
     tree = small_tree / "orig" / "tree"
     fake_img, uml_img = small_tree / "fake.img", small_tree / "uml.img"
     subprocess.run(["truncate", "-s", "8M", str(fake_img)], check=True)
     made = subprocess.run(["fakeroot", "/sbin/mkfs.ext4", "-q", "-d", str(tree), str(fake_img)],
                           capture_output=True, check=False)
     assert made.returncode == 0, made.stderr.decode(errors="replace")
-    result = run_umlroot(["mkfs", "ext4", str(tree), str(uml_img)], cwd=small_tree)
+    result = run_umlroot(["mkfs", *options, "ext4", str(tree), str(uml_img)], cwd=small_tree)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert ext4_listing(uml_img) == ext4_listing(fake_img)
     assert "/0/0/conf/" in ext4_listing(uml_img)
