@@ -553,7 +553,9 @@ def test_chown_clears_setuid_for_real(parity: Outputs) -> None:
     on chown, by root too; that is why dh_fixperms chowns first and setuid
     bits are set after it. fakeroot keeps the bits (it only records the new
     owner). A tree with setuid files made outside, then `chown -R root:root`:
-    umlroot's answer is the kernel's. (setgid directories keep the bit.)"""
+    umlroot's answer is the kernel's, as under `unshare --map-root-user`.
+    (setgid directories keep the bit.) Real packages notice: authbind's
+    debian/rules sets u+s, then chowns (bench/deb_parity.py, docs/parity.md)."""
     assert parity.fake["chown -R root:root"] == (
         "tree/usr/bin/suid -rwsr-xr-x\ntree/usr/bin/prog -rwxr-sr-x\n"
         "tree/var/lib/shared drwxrwsr-x\n### exit 0\n")
@@ -596,3 +598,30 @@ def test_mkfs_of_your_tree_is_roots_as_under_fakeroot(small_tree: Path,
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert ext4_listing(uml_img) == ext4_listing(fake_img)
     assert "/0/0/conf/" in ext4_listing(uml_img)
+
+
+def test_chown_to_your_uid_number_is_a_foreign_owner(tmp_path: Path) -> None:
+    """Decided: inside, your host uid *number* is an owner like any other (only
+    the host's view maps you to root). A file chowned to it shows that number,
+    in the run and in a run loading the saved state, as under fakeroot; the
+    host gets the file as yours (the summary counts the owner it cannot hold),
+    so a fresh run shows it as root's, as a fresh fakeroot does."""
+    make = f"touch f g && chown {ME}:{MY_GID} f && stat -c '%n %u %g' f g"
+    show = "stat -c '%n %u %g' f g"
+    seen: dict[str, list[str]] = {}
+    for name, tool in (("fake", ["fakeroot"]), ("uml", [*UMLROOT, "fakeroot"])):
+        work = tmp_path / name
+        work.mkdir()
+        runs = [["-s", "st", "--", "sh", "-c", make], ["-i", "st", "--", "sh", "-c", show],
+                ["--", "sh", "-c", show]]
+        seen[name] = []
+        for args in runs:
+            done = subprocess.run([*tool, *args], cwd=work, env=ENV, capture_output=True,
+                                  timeout=120, check=False)
+            assert done.returncode == 0, done.stderr.decode(errors="replace")
+            seen[name].append(done.stdout.decode())
+            if name == "uml" and args[0] == "-s":
+                assert b"1 owner change" in done.stderr, done.stderr
+        assert (os.stat(work / "f").st_uid, os.stat(work / "g").st_uid) == (ME, ME)
+    mine = f"f {ME} {MY_GID}\ng 0 0\n"
+    assert seen["uml"] == seen["fake"] == [mine, mine, "f 0 0\ng 0 0\n"]
