@@ -8,10 +8,11 @@ except where it lies and a real kernel cannot (a static binary's stat, a device
 node read by a later system call): those tests say so and check that umlroot's
 answer is the real one.
 
-To keep guest time low, the idioms run as one script, once under each tool
-(two boots in all); the script prints a labelled section per idiom and each
-idiom is one test comparing its section. The `-u`/`--real-owners` view, the
-`-s`/`-i` round trip and the edge cases boot on their own.
+To keep guest time low, the idioms and edge cases run as one script, once
+under each tool (one boot); the script prints a labelled section per idiom and
+each idiom is one test comparing its section. The `-u`/`--real-owners` view,
+`umlroot run`, the API keyword, the `-s`/`-i` round trips and `umlroot mkfs`
+boot on their own (about ten boots, 10 s, in all).
 
 Meaningless as root (root's files are root's anyway): skipped when run as uid
 0. CI runs the suite as an ordinary user.
@@ -41,7 +42,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("fakeroot") is None, reason="fakeroot is not installed"),
 ]
 
-# Whole seconds: hostfs shows the guest host times in whole seconds.
+# Whole seconds: hostfs gives the guest the host's times in whole seconds.
 MTIME = 1_700_000_000
 ME, MY_GID = os.getuid(), os.getgid()
 # A supplementary group of yours, for a file of yours whose group is not your own gid.
@@ -86,7 +87,9 @@ int main(int argc, char **argv) {
 def make_tree(top: Path) -> None:
     """tree/: files, a setuid file, a private file, a setgid directory, a
     hard link, a symlink; pkg/: a binary package tree for dpkg-deb; an
-    archive with foreign numeric owners for tar -x."""
+    archive with foreign numeric owners for tar -x; grp/: a file and a setgid
+    directory of a supplementary group of yours (if you have one); acl/file
+    with an ACL entry for nobody (if setfacl is installed)."""
     files = {
         "tree/usr/bin/prog": (b"#!/bin/sh\necho prog\n", 0o755),
         "tree/usr/bin/suid": (b"#!/bin/sh\necho suid\n", 0o4755),
