@@ -2,7 +2,7 @@
 """`umlroot run --net`: download speed and a real mmdebstrap, interleaved.
 
     bench/net_bench.py [--umlroot CMD] [--rounds N] [--size-mib M]
-                       [--suite SUITE] [--mirror URL] [--no-mmdebstrap]
+                       [--suite SUITE] [--mirror URI] [--no-mmdebstrap]
 
 Run as the unprivileged user umlroot is for. Two measurements:
 
@@ -12,7 +12,8 @@ Run as the unprivileged user umlroot is for. Two measurements:
    it); the host's own curl from 127.0.0.1 is the reference. The issue's
    bar: at least 200 MB/s in the guest.
 2. mmdebstrap: `mmdebstrap --variant=minbase SUITE out.tar MIRROR` inside
-   `umlroot run --net` (root mode, in the guest) against
+   `umlroot run --net` (root mode, in the guest; MIRROR is --mirror, else
+   the Debian archive this machine's APT sources name) against
    `mmdebstrap --mode=unshare` on the host (needs subuids and user
    namespaces), rounds alternating. Wall time of the whole command. The
    bar: at most 1.5x. The guest's tarball is then checked: every path,
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchlib import add_umlroot_option, checked  # bench/ is on sys.path
+from umlroot.kernel.source import debian_archive_source, host_apt_sources
 
 CURL_TIME = ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total}\n"]
 
@@ -134,21 +136,32 @@ def mmdebstrap(umlroot: list[str], work: Path, rounds: int, suite: str, mirror: 
     print(f"  unpacked and `chroot rootfs /bin/true` inside umlroot: {unpacked.strip()}")
 
 
+def host_mirror() -> str:
+    """The Debian archive of this machine's APT sources (umlroot's own parser:
+    deb822 or one-line); never a host name of ours."""
+    found = debian_archive_source(host_apt_sources())
+    if found is None:
+        sys.exit("no Debian archive in this machine's APT sources: pass --mirror URI")
+    return found.uri
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_umlroot_option(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=100)
     parser.add_argument("--suite", default="bookworm")
-    parser.add_argument("--mirror", default="http://deb.debian.org/debian")
+    parser.add_argument("--mirror", help="a Debian mirror URI [default: the one this machine's "
+                                         "APT sources name]")
     parser.add_argument("--no-mmdebstrap", action="store_true")
     options = parser.parse_args()
     umlroot = options.umlroot
+    mirror = options.mirror or host_mirror()
     with tempfile.TemporaryDirectory(prefix="umlroot-net-bench-", dir=Path.home()) as tmp:
         work = Path(tmp)
         download(umlroot, work, options.rounds, options.size_mib)
         if not options.no_mmdebstrap:
-            mmdebstrap(umlroot, work, options.rounds, options.suite, options.mirror)
+            mmdebstrap(umlroot, work, options.rounds, options.suite, mirror)
     return 0
 
 

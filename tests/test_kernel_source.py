@@ -11,14 +11,14 @@ from umlroot.kernel.version import KernelVersion
 
 DEB822 = """\
 Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
+# a comment inside a stanza
+URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: http://security.mirror.example/debian-security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -26,7 +26,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 VENDOR_DEB822 = """\
 Types: deb
-URIs: https://deb.nodesource.com/node_20.x
+URIs: https://vendor.example/node_20.x
 Suites: nodistro
 Components: main
 """
@@ -34,7 +34,7 @@ Components: main
 
 def test_deb822() -> None:
     sources = source.parse_deb822_sources(DEB822)
-    assert sources[0] == AptSource("http://deb.debian.org/debian", ("bookworm", "bookworm-updates"),
+    assert sources[0] == AptSource("http://mirror.example/debian", ("bookworm", "bookworm-updates"),
                                    ("main",), "/usr/share/keyrings/debian-archive-keyring.gpg")
     assert sources[0].is_debian_archive()
     assert not sources[1].is_debian_archive()  # security archive has no linux-source
@@ -60,7 +60,7 @@ def test_host_sources_prefer_debian_mirror(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
     (tmp_path / "sources.list").write_text("deb http://cloud.example/apt cloud-sdk main\n")
     found = source.debian_archive_source(source.host_apt_sources(tmp_path))
-    assert found is not None and found.uri == "http://deb.debian.org/debian"
+    assert found is not None and found.uri == "http://mirror.example/debian"
 
 
 def test_no_debian_source(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tar.zst", ".tar.bz2", ".tgz")
 DEFAULT_SUITES = ("trixie-backports", "sid")
 
 # Suites of the Debian archive proper; a host source naming one of these is a
-# Debian mirror (not security.debian.org, not a vendor repository).
+# Debian mirror (not the security archive, not a vendor repository).
 _DEBIAN_CODENAMES = frozenset({
     "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
     "stable", "testing", "unstable", "oldstable", "experimental",
@@ -210,7 +210,9 @@ class DebianPackage:
 class PrivateApt:
     """apt-get / apt-cache with every state file under `root`: no root needed."""
 
-    def __init__(self, root: Path, uri: str, suite: str, signed_by: str | None) -> None:
+    def __init__(self, root: Path, uri: str, suite: str, signed_by: str | None,
+                 kinds: Sequence[str] = ("deb",)) -> None:
+        """kinds: the sources.list line types (`deb`, `deb-src`)."""
         self.root = root
         self.suite = suite
         (root / "etc").mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,8 @@ class PrivateApt:
         (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         (root / "status").touch()
         options = f"[signed-by={signed_by}] " if signed_by else ""
-        (root / "etc" / "sources.list").write_text(f"deb {options}{uri} {suite} main\n")
+        (root / "etc" / "sources.list").write_text(
+            "".join(f"{kind} {options}{uri} {suite} main\n" for kind in kinds))
 
     def options(self) -> list[str]:
         opts = {
