@@ -581,10 +581,6 @@ def ext4_listing(image: Path) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "umlroot mkfs ext4 copies with the host's mkfs.ext4 -d, then runs chown -hR in the guest "
-    "on the mounted image: the kernel clears setuid bits on chown (root too), so the image's "
-    "setuid file is 0755 where fakeroot mkfs.ext4 -d keeps 4755"))
 @pytest.mark.parametrize("options", [[], ["--all-root"]], ids=["default", "--all-root"])
 def test_mkfs_of_your_tree_is_roots_as_under_fakeroot(small_tree: Path,
                                                        options: list[str]) -> None:

@@ -189,13 +189,31 @@ def guest_device(options: MkfsOptions) -> str:
     return GUEST_DISK
 
 
+# chown(2) clears setuid/setgid bits (for root too: Linux does, fakeroot
+# does not), so the bits are noted before and put back after: an image of a
+# tree with a setuid program keeps it, as `fakeroot mkfs.ext4 -d` does.
+_CHOWN_KEEPING_SETID = """set -e
+tree=$1; shift
+list=$(mktemp)
+find "$tree" ! -type l \\( -perm -4000 -o -perm -2000 \\) -printf '%m %p\\0' > "$list"
+for owner in "$@"; do chown -hR $owner "$tree"; done
+xargs -0 -r -n1 sh -c 'chmod "${1%% *}" "${1#* }"' restore < "$list"
+rm -f "$list"
+"""
+
+
+def chown_keeping_setid(mnt: str, *owners: str) -> list[str]:
+    """One guest step: `chown -hR OWNER mnt` for each OWNER (word-split, so
+    `--from=1000 0`), keeping setuid/setgid bits."""
+    return ["sh", "-c", _CHOWN_KEEPING_SETID, "chown-keeping-setid", mnt, *owners]
+
+
 def root_owner_steps(options: MkfsOptions, mnt: str) -> list[list[str]]:
     """Hand the files that the host's `mkfs.ext4 -d` copied with their host
     owners to root: all of them, or (yours as root) only yours."""
     if options.owners is Owners.ALL_ROOT:
-        return [["chown", "-hR", "0:0", mnt]]
-    return [["chown", "-hR", f"--from={os.getuid()}", "0", mnt],
-            ["chown", "-hR", f"--from=:{os.getgid()}", ":0", mnt]]
+        return [chown_keeping_setid(mnt, "0:0")]
+    return [chown_keeping_setid(mnt, f"--from={os.getuid()} 0", f"--from=:{os.getgid()} :0")]
 
 
 def _fill_mounted(options: MkfsOptions, kind: SourceKind, source: str,
@@ -207,7 +225,7 @@ def _fill_mounted(options: MkfsOptions, kind: SourceKind, source: str,
     else:
         steps.append(copy_argv(options, source, mnt))
         if options.owners is Owners.ALL_ROOT and options.fstype is not FsType.VFAT:
-            steps.append(["chown", "-hR", "0:0", mnt])
+            steps.append(chown_keeping_setid(mnt, "0:0"))
     steps.append(["umount", mnt])
     return steps
 
