@@ -15,6 +15,24 @@ Workloads (inputs are made once, natively, before anything is timed):
     threads       a C thread pool: 4 threads, 5,000 batches of 16 small tasks
     spawn         a shell loop running /bin/true 1,000 times
 
+Set `big` (issue 23; not run unless asked for, with `--set big`):
+
+    big-cp        cp of a 1 GiB host file (random data) into the work directory
+    big-stream    yes | head -c 1G into the work directory
+    big-tar       tar -cf of a 1 GiB tree (64 files of 16 MiB) into the work directory
+    deb-none      chown -R 0:0 + dpkg-deb -Znone --build of 500 MB of random data
+    deb-xz        the same with dpkg-deb's default compression
+
+Set `many` (issue 25; `--set many`):
+
+    many-create   a shell loop (builtins only) making 200 directories of 250 small files
+    many-tar      tar -cf of 50,000 small host files, piped to cat > /dev/null
+    many-cpdoc    cp -a /usr/share/doc into the work directory
+
+Rows that leave files in the work directory are timed natively with a final
+`sync` (what the issues compare against: umlroot's writeback has put the files
+on the host when it returns); outputs are removed before each run, untimed.
+
 Variants: `native` (this user; as root when the workload needs root and the
 benchmark runs as root, else skipped), `fakeroot` (where it applies), and
 `uml1`, `uml2`, `uml4` (umlroot with that many guest CPUs; uml1 is the
@@ -49,6 +67,13 @@ DATA_SIZE = 100 * 1024 * 1024
 DOC = Path("/usr/share/doc")
 PACKAGES = 100
 C_FILES = 40
+BIG = 1 << 30
+BIG_TREE_FILES = 64
+DEB_DATA = 500 * 1000 * 1000
+# 200 directories of 250 small files, shell builtins only (no process per file).
+MANY_LOOP = ('i=0; while [ $i -lt 200 ]; do mkdir -p {top}/d$i; j=0; '
+             'while [ $j -lt 250 ]; do echo "file $i $j" > {top}/d$i/f$j; j=$((j+1)); done; '
+             'i=$((i+1)); done')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +83,20 @@ class Workload:
     needs_root: bool = False
     fakeroot: bool = False  # fakeroot is an anchor for this one
     setup: Callable[[Path], None] | None = None  # before each timed run, not timed
+    set: str = "default"  # `--set`: default, big (issue 23), many (issue 25)
+    sync: bool = False  # native and fakeroot runs end with a timed `sync`
+
+
+def removing(*names: str) -> Callable[[Path], None]:
+    """A setup that removes the outputs of the previous run."""
+    def setup(work: Path) -> None:
+        for name in names:
+            path = work / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return setup
 
 
 def no_deb(work: Path) -> None:
@@ -80,7 +119,25 @@ WORKLOADS = [
     # Process creation alone: what dpkg's maintainer scripts, make and
     # debhelper do hundreds of times.
     Workload("spawn", 'i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done'),
+    # Big outputs (issue 23).
+    Workload("big-cp", "cp host.bin out.bin", set="big", sync=True,
+             setup=removing("out.bin")),
+    Workload("big-stream", "yes | head -c 1G > out.bin", set="big", sync=True,
+             setup=removing("out.bin")),
+    Workload("big-tar", "tar -cf out.tar bigtree", set="big", sync=True,
+             setup=removing("out.tar")),
+    Workload("deb-none", "chown -R 0:0 bigdeb && dpkg-deb -Znone --build bigdeb out.deb "
+             "> /dev/null", needs_root=True, fakeroot=True, set="big", sync=True,
+             setup=removing("out.deb")),
+    Workload("deb-xz", "chown -R 0:0 bigdeb && dpkg-deb --build bigdeb out.deb > /dev/null",
+             needs_root=True, fakeroot=True, set="big", sync=True, setup=removing("out.deb")),
+    # Many files (issue 25).
+    Workload("many-create", MANY_LOOP.format(top="many"), set="many", sync=True,
+             setup=removing("many")),
+    Workload("many-tar", "tar -cf - hostmany | cat > /dev/null", set="many"),
+    Workload("many-cpdoc", f"cp -a {DOC} doc", set="many", sync=True, setup=removing("doc")),
 ]
+SETS = ("default", "big", "many")
 
 VARIANTS = ("native", "fakeroot", "uml1", "uml2", "uml4", "uml2-pinned")
 
@@ -89,9 +146,39 @@ def run(argv: Sequence[str], **kwargs: object) -> None:
     subprocess.run(argv, check=True, **kwargs)  # type: ignore[call-overload]
 
 
-def prepare(work: Path) -> None:
-    """Inputs for every workload, made natively (not timed)."""
+def prepare(work: Path, sets: set[str]) -> None:
+    """Inputs for the workloads of `sets`, made natively (not timed)."""
     print(f"preparing inputs in {work} ...", flush=True)
+    if "big" in sets:
+        prepare_big(work)
+    if "many" in sets:
+        run(["sh", "-c", MANY_LOOP.format(top="hostmany")], cwd=work)
+    if "default" in sets:
+        prepare_default(work)
+
+
+def random_file(path: Path, size: int) -> None:
+    with open("/dev/urandom", "rb") as source, open(path, "wb") as out:
+        left = size
+        while left > 0:
+            left -= out.write(source.read(min(left, 1 << 20)))
+
+
+def prepare_big(work: Path) -> None:
+    random_file(work / "host.bin", BIG)
+    (work / "bigtree").mkdir()
+    for index in range(BIG_TREE_FILES):
+        random_file(work / f"bigtree/f{index:02}", BIG // BIG_TREE_FILES)
+    (work / "bigdeb/DEBIAN").mkdir(parents=True)
+    (work / "bigdeb/DEBIAN/control").write_text(
+        "Package: umlroot-bench-big\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: umlroot <umlroot@localhost>\nDescription: 500 MB of random data\n")
+    (work / "bigdeb/usr/share/big").mkdir(parents=True)
+    for index in range(5):
+        random_file(work / f"bigdeb/usr/share/big/r{index}", DEB_DATA // 5)
+
+
+def prepare_default(work: Path) -> None:
     with open(work / "data", "wb") as data:
         tar = subprocess.Popen(["tar", "-cf", "-", "/usr/lib", "/usr/share"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -191,7 +278,8 @@ def tool_argv(variant: str, workload: Workload, umlroot: list[str],
     return ["taskset", "-c", "0", *argv] if pinned else argv
 
 
-def time_one(argv: list[str], workload: Workload, work: Path) -> float:
+def time_one(argv: list[str], workload: Workload, work: Path, sync: bool = False) -> float:
+    """Wall time of one run; `sync`: with a final host `sync` (the native anchors)."""
     if workload.setup is not None:
         workload.setup(work)
     run(["sync"])
@@ -199,6 +287,8 @@ def time_one(argv: list[str], workload: Workload, work: Path) -> float:
     result = subprocess.run([*argv, "sh", "-c", workload.script], cwd=work,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, errors="replace", check=False)
+    if sync:
+        run(["sync"])
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"{workload.name}: {shlex.join(argv)} failed ({result.returncode}): "
@@ -238,7 +328,11 @@ def main() -> None:
     parser.add_argument("--variants", default="native,fakeroot,uml1,uml2",
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--only", default="",
-                        help="comma-separated workload names (default: all)")
+                        help="comma-separated workload names (default: all of the sets)")
+    parser.add_argument("--set", default="default",
+                        help=f"comma-separated workload sets, from: {', '.join(SETS)}, or all "
+                             "(default: default; big and many need ~4 GB in the work "
+                             "directory and minutes per round)")
     add_umlroot_option(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where inputs go (default: a new directory in TMPDIR)")
@@ -251,11 +345,16 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
-    chosen = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
+    sets = set(SETS) if args.set == "all" else {s for s in args.set.split(",") if s}
+    if sets - set(SETS):
+        parser.error(f"unknown set(s): {', '.join(sorted(sets - set(SETS)))}")
+    chosen = [w for w in WORKLOADS if w.set in sets
+              and (not args.only or w.name in args.only.split(","))]
+    sets = {w.set for w in chosen}
     umlroot = args.umlroot
     with tempfile.TemporaryDirectory(prefix="umlroot-matrix-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        prepare(work)
+        prepare(work, sets)
         print(f"load before: {os.getloadavg()[0]:.2f}, host cpus: {os.cpu_count()}, "
               f"rounds: {args.rounds}", flush=True)
         stolen = steal_seconds()
@@ -267,7 +366,8 @@ def main() -> None:
                     argv = tool_argv(variant, workload, umlroot, args.kernel)
                     if argv is None:
                         continue
-                    elapsed = time_one(argv, workload, work)
+                    elapsed = time_one(argv, workload, work,
+                                       sync=workload.sync and not variant.startswith("uml"))
                     times[workload.name][variant].append(elapsed)
                     print(f"round {round_number} {workload.name:12} {variant:11} "
                           f"{elapsed:7.2f} s", flush=True)
