@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -151,4 +152,35 @@ int ctl_read(ctl_handler *handle, void *ctx)
 	ctl_in_len += (size_t)got;
 	ctl_dispatch(handle, ctx);
 	return 0;
+}
+
+char *ctl_wait_line(const char *prefix, int timeout_ms)
+{
+	size_t plen = strlen(prefix);
+	long deadline = clock_ms(CLOCK_MONOTONIC) + timeout_ms;
+	for (;;) {
+		char *line;
+		while ((line = ctl_next_line()) != NULL)
+			if (!strncmp(line, prefix, plen))
+				return line;
+		int wait = -1;
+		if (timeout_ms >= 0) {
+			long left = deadline - clock_ms(CLOCK_MONOTONIC);
+			if (left <= 0)
+				return NULL;
+			wait = (int)left;
+		}
+		struct pollfd p = {.fd = ctl_fd, .events = POLLIN};
+		int r = poll(&p, 1, wait);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return NULL;
+		ssize_t got = read(ctl_fd, ctl_in + ctl_in_len, sizeof(ctl_in) - ctl_in_len);
+		if (got < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (got <= 0)
+			return NULL;
+		ctl_in_len += (size_t)got;
+	}
 }

@@ -24,6 +24,8 @@
  *                    could not be written to the run dir)
  *                  | LOST <dev>:<count>:<errno> ... (writes the host could not
  *                    store; before WB: `WB lost` follows, nothing written back)
+ *                  | XC (during writeback: copy the extents listed in IO/xcopy
+ *                    out of the scratch image; extents.c)
  *   host -> guest, no command running:
  *                  r <N> [last] (run IO/cN/request; `last`: then finish as
  *                                for `q 1` if it exited or died of a signal,
@@ -31,6 +33,8 @@
  *                  | W (write back now, then WBDONE)
  *                  | q <1|0> (finish: 1 = write back and record --state,
  *                             0 = neither; then DONE and power off)
+ *   host -> guest, after XC:
+ *                  x <errno> (0: copied; else the guest copies itself)
  *   host -> guest, while command N runs:
  *                  i <chunk> <size> (stdin chunk ready as IO/cN/in.<chunk>)
  *                  | e (stdin EOF) | k <signal> | w <rows> <cols>

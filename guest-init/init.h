@@ -96,6 +96,10 @@ long clock_ms(clockid_t clock);
 typedef void ctl_handler(char *line, void *ctx);
 void ctl_dispatch(ctl_handler *handle, void *ctx);
 int ctl_read(ctl_handler *handle, void *ctx);
+/* Wait for the host's answer to a request: the next line that starts with
+ * `prefix` (lines of no other kind are due while no command runs). NULL
+ * when the channel is gone or timeout_ms (-1: none) passed. */
+char *ctl_wait_line(const char *prefix, int timeout_ms);
 
 /* One command (command.c): set up its stdio and start it in the commands'
  * mount namespace `ns_fd`, relay its stdio through the files in `dir`
@@ -158,6 +162,14 @@ void forget_written(int fd, off_t from, off_t len);
 /* Copy all of `in` to `out` (new or empty), holes and zero blocks left as
  * holes (copy.c). Returns 0, or -1 with errno set. */
 int copy_sparse(int in, int out);
+
+/* Writeback by extent (extents.c): files at least this big, when their
+ * data is in the upper layer, are copied by the host straight out of the
+ * scratch image into `out`, which the guest has created at `host_path` (the
+ * host's own path of it). Returns 0 when done, 1 when the caller must copy
+ * itself (not possible here), -1 with errno set on failure. */
+#define UR_XCOPY_MIN (1L << 20)
+int copy_by_host(int in, int out, const char *host_path);
 
 /* Execute argv[0], searched in PATH as a shell does (exec.c). Returns
  * only on failure, with the errno to report: ENOENT when no PATH directory

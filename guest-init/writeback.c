@@ -341,7 +341,15 @@ static int write_file(struct wb *w, const char *src, const char *host, const str
 		return -1;
 	}
 	const char *step = NULL;
-	if (copy_sparse(in, out) < 0)
+	int copied = 1; /* 1: not by the host */
+	if (st->st_size >= UR_XCOPY_MIN) {
+		/* The host's own path of tmp: the scope's, then the rest. */
+		char host_path[PATH_MAX + 64];
+		snprintf(host_path, sizeof(host_path), "%.*s%s", (int)w->scope_len, w->scope,
+			 tmp + strlen(UR_WB));
+		copied = copy_by_host(in, out, host_path);
+	}
+	if (copied < 0 || (copied > 0 && copy_sparse(in, out) < 0))
 		step = "copy";
 	close(in);
 	if (!step) {

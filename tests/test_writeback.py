@@ -19,6 +19,7 @@ import pytest
 from conftest import UMLROOT, run_umlroot
 from sparse_digest import sparse_digest
 
+from umlroot.guest.hostcopy import ScratchCopier
 from umlroot.guest.writeback import Entry, Kind, WritebackReport, parse_report, summary_lines
 
 uml = pytest.mark.uml
@@ -284,3 +285,68 @@ def test_ext4_image_comes_back_as_allocated_inside(tmp_path: Path) -> None:
     e2fsck = shutil.which("e2fsck", path="/usr/sbin:/sbin") or "e2fsck"
     check = subprocess.run([e2fsck, "-fn", str(image)], capture_output=True, check=False)
     assert check.returncode == 0, check.stdout.decode()
+
+
+# ---- big files: copied on the host, out of the scratch image (issue 23) -------------------
+
+
+def test_host_copy_of_listed_extents(tmp_path: Path) -> None:
+    """The host's half alone: extents of a fake scratch image, zero blocks
+    and holes left unwritten, only a fresh `.umlroot-wb.N` file accepted."""
+    image = tmp_path / "scratch.img"
+    data = os.urandom(3 << 20)
+    with open(image, "wb") as f:
+        f.write(bytes(1 << 20))  # [0, 1M): the "file system"
+        f.write(data[:1 << 20])  # [1M, 2M): logical [0, 1M)
+        f.write(bytes(8192) + data[1 << 20:(2 << 20) - 8192])  # [2M, 3M): [1M, 2M)
+        f.write(data[2 << 20:] + bytes(1 << 20))  # [3M, 5M): [4M, 6M), a zero MiB
+    size = (6 << 20) + 5
+    dest = tmp_path / ".umlroot-wb.1"
+    dest.touch()
+    listing = (f"{os.fsencode(str(dest)).hex()}\n{size}\n"
+               f"0 {1 << 20} {1 << 20}\n{1 << 20} {2 << 20} {1 << 20}\n"
+               f"{4 << 20} {3 << 20} {2 << 20}\n")
+    (tmp_path / "xcopy").write_text(listing)
+    copier = ScratchCopier(image, tmp_path)
+    try:
+        assert copier.copy_listed() == 0
+        os.truncate(dest, size)  # the guest's part
+        expected = (data[:1 << 20] + bytes(8192) + data[1 << 20:(2 << 20) - 8192]
+                    + bytes(2 << 20) + data[2 << 20:] + bytes((1 << 20) + 5))
+        assert dest.read_bytes() == expected
+        assert dest.stat().st_blocks * 512 <= (3 << 20) + 64 * 4096  # no zeros, no hole
+        assert copier.files == 1
+        # Only a new, empty temporary file of writeback's.
+        assert copier.copy_listed() != 0  # not empty any more
+        other = tmp_path / "target"
+        other.touch()
+        (tmp_path / "xcopy").write_text(listing.replace(
+            os.fsencode(str(dest)).hex(), os.fsencode(str(other)).hex()))
+        assert copier.copy_listed() != 0
+        assert other.stat().st_size == 0
+    finally:
+        copier.close()
+
+
+@uml
+@pytest.mark.parametrize("state", [False, True], ids=["plain", "state"])
+def test_big_file_copied_on_host(tmp_path: Path, state: bool) -> None:
+    """A file of 1 MiB or more, its data in the upper layer, is copied by the
+    host out of the scratch image: byte-identical, holes and zeros unstored."""
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = ["--state", str(tmp_path / "st")] if state else []
+    script = ("head -c 3M /dev/urandom > big && head -c 2M /dev/zero >> big && "
+              "truncate -s 8M big && head -c 1M /dev/urandom >> big && "
+              "head -c 100000 /dev/urandom > small && "
+              f"{shlex.join(SPARSE_DIGEST)} big && sha256sum small")
+    result = run_ok(work, script, "--verbose", *extra)
+    assert "1 big files" in result.stderr.decode()  # `small` is copied by the guest
+    digest, small_sum = result.stdout.decode().split("\n")[:2]
+    big = work / "big"
+    assert big.stat().st_size == 9 << 20
+    assert sparse_digest(str(big)) == digest.split()[0]
+    assert (4 << 20) <= big.stat().st_blocks * 512 <= (4 << 20) + 64 * 4096
+    check = subprocess.run(["sha256sum", "-c"], input=small_sum.encode() + b"\n", cwd=work,
+                           capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -71,6 +71,7 @@ from umlroot.guest.process import (
 )
 from umlroot.guest.request import CommandRequest, MachineRequest
 from umlroot.guest.rundir import run_directory
+from umlroot.guest.hostcopy import ScratchCopier
 from umlroot.guest.scratch import create_scratch
 from umlroot.guest.session import (
     CommandSession,
@@ -192,6 +193,8 @@ class Guest:
             scratch = self.run_dir / "scratch.img"
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
+        self._copier = ScratchCopier(scratch, self.run_dir)
+        stack.callback(self._copier.close)
         attached = attach_disks(disk_specs, self.run_dir)
         # For a lost-writes message: where each device's host file lives.
         self._scopes = scopes
@@ -312,7 +315,8 @@ class Guest:
                 merge_stderr=spec.merge_stderr)
             (io_dir / "request").write_bytes(request.encode())
             session = CommandSession(self.machine, self.channel, self._watch, io_dir, number,
-                                     spec.io, last=last, limits=limits, signals=signals)
+                                     spec.io, last=last, limits=limits, signals=signals,
+                                     copier=self._copier)
             session.start()
             self._busy = session
             return session
@@ -435,6 +439,8 @@ class Guest:
             if ready:
                 for line in self.channel.read_lines():
                     kind, _, rest = line.partition(" ")
+                    if kind == "XC":
+                        self._copier.serve(self.channel)
                     seen[kind] = rest
         return seen
 
@@ -494,6 +500,10 @@ class Guest:
         if self.options.verbose:
             sys.stderr.write(self.log_file.read_text(errors="replace"))
             _show_phases(self.phases)
+            if self._copier.files:
+                log.say(f"writeback: {self._copier.files} big files "
+                        f"({self._copier.bytes / (1 << 20):.0f} MiB of extents) copied on the "
+                        "host out of the scratch disk")
         self._closed = True
         self._finalizer()
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from umlroot.errors import UmlrootError
 from umlroot.guest.channel import ControlChannel
+from umlroot.guest.hostcopy import ScratchCopier
 from umlroot.guest.inotify import DirectoryWatch
 from umlroot.libc import libc
 from umlroot.guest.machine import Machine
@@ -325,8 +326,10 @@ class CommandSession:
     def __init__(self, machine: Machine, channel: ControlChannel, watch: DirectoryWatch,
                  io_dir: Path, number: int, io: CommandIO, *, last: bool = False,
                  limits: SessionLimits = SessionLimits(),
-                 signals: SignalForwarder | None = None) -> None:
+                 signals: SignalForwarder | None = None,
+                 copier: ScratchCopier | None = None) -> None:
         self.machine = machine
+        self.copier = copier
         self.channel = channel
         self.io_dir = io_dir
         self.number = number
@@ -493,6 +496,12 @@ class CommandSession:
             self.result.outcome = Outcome(name)
             self.result.value = int(value or 0)
             self._mark("command")
+        elif kind == "XC":
+            # Writeback asks the host to copy a big file (hostcopy.py).
+            if self.copier is not None:
+                self.copier.serve(self.channel)
+            else:
+                self.channel.send(f"x {errno.EOPNOTSUPP}")
         elif kind == "WB":
             self.result.writeback = rest
         elif kind == "LOST":
