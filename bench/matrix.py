@@ -37,7 +37,8 @@ Variants: `native` (this user; as root when the workload needs root and the
 benchmark runs as root, else skipped), `fakeroot` (where it applies), and
 `uml1`, `uml2`, `uml4` (umlroot with that many guest CPUs; uml1 is the
 default), `uml2-pinned` (2 guest CPUs, UML pinned to one host CPU with
-taskset). Each round runs every workload under every variant in turn, so all
+taskset); `b:uml1` etc. run the umlroot of `--umlroot-b` instead (an A/B of
+two builds in the same rounds). Each round runs every workload under every variant in turn, so all
 see the same machine; the report gives medians and the ratios the issue
 sets targets for: umlroot at most 3x native and 2x fakeroot, and no more
 than 10% slower at the default CPU count than with one CPU.
@@ -298,7 +299,7 @@ def time_one(argv: list[str], workload: Workload, work: Path, sync: bool = False
 
 def report(times: dict[str, dict[str, list[float]]], variants: Sequence[str],
            markdown: bool) -> None:
-    uml = [v for v in variants if v.startswith("uml")]
+    uml = [v for v in variants if v.removeprefix("b:").startswith("uml")]
     head = ["workload", *variants, *(f"{v}/native" for v in uml),
             *(f"{v}/fakeroot" for v in uml), *(f"{v}/uml1" for v in uml if v != "uml1")]
     rows = []
@@ -336,13 +337,18 @@ def main() -> None:
     add_umlroot_option(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where inputs go (default: a new directory in TMPDIR)")
+    parser.add_argument("--umlroot-b", type=shlex.split, default=None,
+                        help="a second umlroot for A/B in the same rounds: variants named "
+                             "b:uml1 (etc.) run it")
     parser.add_argument("--kernel", type=Path, default=None,
                         help="UML kernel for the umlroot variants (A/B against another build)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
 
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = {v.removeprefix("b:") for v in variants} - set(VARIANTS)
+    if any(v.startswith("b:") for v in variants) and not args.umlroot_b:
+        parser.error("b: variants need --umlroot-b")
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     sets = set(SETS) if args.set == "all" else {s for s in args.set.split(",") if s}
@@ -363,11 +369,13 @@ def main() -> None:
         for round_number in range(1, args.rounds + 1):
             for workload in chosen:
                 for variant in variants:
-                    argv = tool_argv(variant, workload, umlroot, args.kernel)
+                    argv = tool_argv(variant.removeprefix("b:"), workload,
+                                     args.umlroot_b if variant.startswith("b:") else umlroot,
+                                     args.kernel)
                     if argv is None:
                         continue
                     elapsed = time_one(argv, workload, work,
-                                       sync=workload.sync and not variant.startswith("uml"))
+                                       sync=workload.sync and "uml" not in variant)
                     times[workload.name][variant].append(elapsed)
                     print(f"round {round_number} {workload.name:12} {variant:11} "
                           f"{elapsed:7.2f} s", flush=True)
