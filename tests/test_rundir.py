@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,5 +100,6 @@ def test_scratch_avoids_a_tmp_in_memory(monkeypatch: pytest.MonkeyPatch) -> None
     kinds["/var/tmp"] = "tmpfs"
     assert rundir.parent_dir() == Path("/tmp")
     monkeypatch.setenv("TMPDIR", "/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
     kinds["/var/tmp"] = "ext4"
     assert rundir.parent_dir() == Path("/tmp")
