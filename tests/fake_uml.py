@@ -63,16 +63,23 @@ class FakeUml:
             (self.run_dir / f"c{number}" / "out.1").write_bytes(self.script.stdout)
             self._say(f"EXIT exit {self.script.status}")
             if last == "last":
-                self._say("WB none")
+                self._write_back()
                 self._say("DONE")
                 self._exit(0)
         elif kind == "W" and not self.script.hang_writeback:
-            self._say("WB none")
+            self._write_back()
             self._say("WBDONE")
         elif kind == "q" and not self.script.hang_writeback:
-            self._say("WB none")
+            self._write_back()
             self._say("DONE")
             self._exit(0)
+
+    def _write_back(self) -> None:
+        if self.script.lost is not None:
+            self._say(f"LOST {self.script.lost}")
+            self._say("WB lost")
+        else:
+            self._say("WB none")
 
     def _exit(self, status: int) -> None:
         with self._lock:
@@ -104,12 +111,13 @@ class FakeScript:
 
     def __init__(self, *, stdout: bytes = b"", status: int = 0,
                  boot_error: str | None = None, crash_in_command: bool = False,
-                 hang_writeback: bool = False) -> None:
+                 hang_writeback: bool = False, lost: str | None = None) -> None:
         self.stdout = stdout
         self.status = status
         self.boot_error = boot_error
         self.crash_in_command = crash_in_command
         self.hang_writeback = hang_writeback
+        self.lost = lost  # a LOST line's words: the guest lost writes
         self.seen: list[str] = []
         self.started: list[FakeUml] = []
 

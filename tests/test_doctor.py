@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import resource
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,18 @@ def test_build_tools_only_fatal_without_kernel(monkeypatch: pytest.MonkeyPatch) 
 def test_static_compile_probe() -> None:
     check = doctor.compile_static_probe("cc")
     assert check.status in (Status.OK, Status.FAIL)
+
+
+def test_scratch_space_says_where_on_what_and_how_much(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+    check = doctor.check_scratch_space()
+    assert check.detail.startswith(f"{tmp_path} (")
+    assert "GiB free" in check.detail
+    monkeypatch.setattr(doctor.rundir, "filesystem_type", lambda _path: "tmpfs")
+    in_memory = doctor.check_scratch_space()
+    assert in_memory.status is Status.WARN and "RAM twice" in in_memory.detail
 
 
 def test_line_format() -> None:

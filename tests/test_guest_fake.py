@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from fake_uml import FakeScript, FakeStarter
 
-from umlroot import Guest, GuestClosedError, GuestError, MachineConfig, TimeoutExpired
+from umlroot import (
+    Guest,
+    GuestClosedError,
+    GuestError,
+    LostWritesError,
+    MachineConfig,
+    TimeoutExpired,
+    UmlrootError,
+)
 from umlroot.guest import handle
 from umlroot.kernel.select import KernelChoice, Origin
 
@@ -18,7 +26,8 @@ from umlroot.kernel.select import KernelChoice, Origin
 def no_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The fake needs no kernel and no guest init."""
     kernel = KernelChoice(path=tmp_path / "linux", version="7.3", origin=Origin.OPTION,
-                          reason="a fake", patches=("memfd",))
+                          reason="a fake",
+                          patches=("0005-memfd", "0008-hostfs-map-the-invoking-users-files-to-root"))
     monkeypatch.setattr(handle, "find_kernel", lambda _path: kernel)
     monkeypatch.setattr(handle, "build_guest_init", lambda: tmp_path / "init")
 
@@ -97,3 +106,39 @@ def test_probe_timeout_kills_the_process_group(tmp_path: Path) -> None:
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(child)], capture_output=True,
                            text=True, check=False).stdout.strip()
     assert state in ("", "Z")  # gone (or a zombie of init's)
+
+
+def test_lost_writes_fail_a_one_shot_run(tmp_path: Path) -> None:
+    """The guest lost writes to its scratch disk: 125, whatever the command
+    said, and the line names the device's host file, the error and the room."""
+    script = FakeScript(status=0, lost="ubda:3:28")
+    result = handle.run(["x"], capture_output=True, cwd=tmp_path, starter=FakeStarter(script))
+    assert result.returncode == 125
+    assert result.error is not None
+    assert result.error.startswith("the host could not store 3 writes to the scratch disk "
+                                   "(No space left on device in ")
+    assert result.error.endswith("set TMPDIR to a larger filesystem; nothing was written back")
+    assert result.writeback is not None and not result.writeback.delivered()
+
+
+def test_lost_writes_raise_at_writeback_and_close(tmp_path: Path) -> None:
+    script = FakeScript(lost="ubda:1:5")
+    guest = Guest(cwd=tmp_path, starter=FakeStarter(script))
+    with pytest.raises(LostWritesError, match="Input/output error"):
+        guest.writeback()
+    with pytest.raises(LostWritesError) as caught:
+        guest.close()
+    assert caught.value.exit_code == 125
+
+
+def test_a_kernel_without_the_owner_mapping_is_refused_before_booting(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    old = KernelChoice(path=tmp_path / "linux", version="7.3", origin=Origin.OPTION,
+                       reason="a fake", patches=("0005-memfd",))
+    monkeypatch.setattr(handle, "find_kernel", lambda _path: old)
+    script = FakeScript()
+    with pytest.raises(UmlrootError, match="cannot show your files as root's"):
+        Guest(cwd=tmp_path, starter=FakeStarter(script))
+    assert script.started == []
+    with Guest(cwd=tmp_path, real_owners=True, starter=FakeStarter(script)):
+        pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,3 +85,21 @@ def test_run_directory_is_locked_then_removed_or_kept(tmp_path: Path,
         pass
     assert (kept / rundir.KEPT_MARKER).exists()
     assert rundir.sweep_stale([tmp_path]).removed == ()
+
+
+def test_scratch_avoids_a_tmp_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TMPDIR: /tmp, unless it is a tmpfs and /var/tmp is on disk (a scratch
+    disk in memory costs RAM twice); TMPDIR, when set, always wins."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    kinds = {"/tmp": "ext4", "/var/tmp": "ext4"}
+    monkeypatch.setattr(rundir, "filesystem_type", lambda path: kinds[str(path)])
+    assert rundir.parent_dir() == Path("/tmp")
+    kinds["/tmp"] = "tmpfs"
+    assert rundir.parent_dir() == Path("/var/tmp")
+    kinds["/var/tmp"] = "tmpfs"
+    assert rundir.parent_dir() == Path("/tmp")
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+    kinds["/var/tmp"] = "ext4"
+    assert rundir.parent_dir() == Path("/tmp")

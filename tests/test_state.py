@@ -48,6 +48,7 @@ def test_guest_mount_failure_names_the_state(tmp_path: Path) -> None:
         "umlroot): Structure needs cleaning")
 
 
+@uml
 def test_state_from_newer_umlroot(tmp_path: Path) -> None:
     state = tmp_path / "s.img"
     create_state(state)

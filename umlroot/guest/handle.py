@@ -36,6 +36,7 @@ from umlroot.errors import (
     GuestError,
     LostWritesError,
     TimeoutExpired,
+    UmlrootError,
 )
 from umlroot.guest.channel import BootFailed, ControlChannel
 from umlroot.guest.command import (
@@ -84,6 +85,7 @@ from umlroot.guest.writeback import BlockStore, WritebackReport, lost_writes_lin
 from umlroot.guest.writeback import load as load_report
 from umlroot.kernel import memory as guestmem
 from umlroot.kernel.guest_init import build_guest_init
+from umlroot.kernel.patches import has_owner_mapping
 from umlroot.kernel.select import KernelChoice, find_kernel
 from umlroot.kernel.uml import RealStarter, UmlStarter
 
@@ -159,6 +161,13 @@ class Guest:
         if options.net:
             find_helper()
         kernel = find_kernel(options.kernel)
+        if not options.real_owners and has_owner_mapping(kernel.patches) is False:
+            # Known before booting: the init's hostfs mount would refuse it.
+            raise UmlrootError(
+                f"{kernel.path} cannot show your files as root's (it lacks umlroot's hostfs "
+                "owner mapping, kernel patch 0008)",
+                hint="`umlroot kernel build` makes a current kernel; or pass --real-owners "
+                     "(real_owners=True) to see the host's owners")
         init = build_guest_init()
         cpus = options.cpus
         if cpus > 1 and not kernel.smp:

@@ -57,6 +57,14 @@ def has_memfd(names: tuple[str, ...] | None) -> bool | None:
     return any("memfd" in name for name in names)
 
 
+def has_owner_mapping(names: tuple[str, ...] | None) -> bool | None:
+    """Whether those patches include hostfs's map_root_uid/map_root_gid (its
+    file name says `map-the-invoking-users-files`); None if unknown."""
+    if names is None:
+        return None
+    return any("map-the-invoking-users-files" in name for name in names)
+
+
 def patch_command(patch_file: Path) -> list[str]:
     """`patch` invocation for one patch file, run in the top of the tree."""
     return ["patch", "-p1", "--forward", "--batch", "-i", str(patch_file)]
