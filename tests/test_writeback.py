@@ -307,7 +307,8 @@ def test_host_copy_of_listed_extents(tmp_path: Path) -> None:
                f"0 {1 << 20} {1 << 20}\n{1 << 20} {2 << 20} {1 << 20}\n"
                f"{4 << 20} {3 << 20} {2 << 20}\n")
     (tmp_path / "xcopy").write_text(listing)
-    copier = ScratchCopier(image, tmp_path)
+    scope = os.fsencode(str(tmp_path))
+    copier = ScratchCopier(image, tmp_path, [scope])
     try:
         assert copier.copy_listed() == 0
         os.truncate(dest, size)  # the guest's part
@@ -326,6 +327,15 @@ def test_host_copy_of_listed_extents(tmp_path: Path) -> None:
         assert other.stat().st_size == 0
     finally:
         copier.close()
+    # Nowhere outside the writeback scopes, even an empty temporary file.
+    dest.write_bytes(b"")
+    (tmp_path / "xcopy").write_text(listing)
+    outside = ScratchCopier(image, tmp_path, [scope + b"/elsewhere"])
+    try:
+        assert outside.copy_listed() != 0
+        assert dest.stat().st_size == 0
+    finally:
+        outside.close()
 
 
 @uml

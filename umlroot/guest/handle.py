@@ -202,7 +202,7 @@ class Guest:
             scratch = self.run_dir / "scratch.img"
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
-        self._copier = ScratchCopier(scratch, self.run_dir)
+        self._copier = ScratchCopier(scratch, self.run_dir, scopes)
         stack.callback(self._copier.close)
         attached = attach_disks(disk_specs, self.run_dir)
         # For a lost-writes message: where each device's host file lives.

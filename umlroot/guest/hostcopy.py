@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -63,8 +64,11 @@ class ScratchCopier:
     """Holds the scratch image open (the host unlinks a throwaway one once
     UML has it) and serves the guest's `XC` requests."""
 
-    def __init__(self, image: Path, run_dir: Path) -> None:
+    def __init__(self, image: Path, run_dir: Path, scopes: Sequence[bytes]) -> None:
         self._fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+        # The host writes nowhere but under the writeback scopes, whatever
+        # the guest names.
+        self._scopes = [os.path.realpath(scope) for scope in scopes]
         self._list = run_dir / LIST_NAME
         self._buffer = bytearray(CHUNK)
         self._copy_range = True
@@ -83,7 +87,7 @@ class ScratchCopier:
         """Copy what the list names; 0, or the errno of what went wrong."""
         try:
             path, _size, extents = parse_list(self._list.read_bytes())
-            if not os.path.basename(path).startswith(TMP_PREFIX):
+            if not os.path.basename(path).startswith(TMP_PREFIX) or not self._in_scope(path):
                 return errno.EINVAL
             out = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -101,6 +105,11 @@ class ScratchCopier:
         except ValueError:
             return errno.EINVAL
         return 0
+
+    def _in_scope(self, path: bytes) -> bool:
+        parent = os.path.realpath(os.path.dirname(path))
+        return any(parent == scope or parent.startswith(scope.rstrip(b"/") + b"/")
+                   for scope in self._scopes)
 
     def _copy_extent(self, out: int, extent: Extent) -> None:
         # bytearray methods only: they run in C (a memoryview's `in` and
