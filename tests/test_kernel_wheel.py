@@ -160,7 +160,7 @@ def fake_wheel(isolated: Path, fragment_hash: str, monkeypatch: pytest.MonkeyPat
     record = store.Record(version="7.3.5", fragment_hash=fragment_hash, source="wheel test",
                           source_id="w", smp=True, build_seconds=1.0, built_at="2026-12-01")
     manifest = archive.Manifest(archive.FORMAT, "0.1.0", os.uname().machine, record, "h", {})
-    (directory / packaged.MANIFEST).write_text(manifest.to_json())
+    (directory / archive.MANIFEST).write_text(manifest.to_json())
     monkeypatch.syspath_prepend(str(isolated / "site"))
     return directory
 
@@ -189,8 +189,8 @@ def test_cache_and_wheel_order(isolated: Path, monkeypatch: pytest.MonkeyPatch,
 def test_wheel_for_another_machine_is_ignored(isolated: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     directory = fake_wheel(isolated, build_id(fragment_text()), monkeypatch)
-    text = (directory / packaged.MANIFEST).read_text()
-    (directory / packaged.MANIFEST).write_text(text.replace(os.uname().machine, "riscv64"))
+    text = (directory / archive.MANIFEST).read_text()
+    (directory / archive.MANIFEST).write_text(text.replace(os.uname().machine, "riscv64"))
     assert packaged.find() is None
     with pytest.raises(UmlrootError, match="no UML kernel found"):
         select.find_kernel()
@@ -203,7 +203,7 @@ def test_damaged_wheel_is_named_by_doctor(isolated: Path,
     directory = fake_wheel(isolated, build_id(fragment_text()), monkeypatch)
     check = doctor.check_kernel_wheel()
     assert check.status is doctor.Status.FAIL and "linux does not match" in check.detail
-    (directory / packaged.MANIFEST).write_text("{")
+    (directory / archive.MANIFEST).write_text("{")
     check = doctor.check_kernel_wheel()
     assert check.status is doctor.Status.FAIL and "manifest" in check.detail
 

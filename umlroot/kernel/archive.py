@@ -44,14 +44,11 @@ from umlroot.kernel import probe, store
 from umlroot.kernel.build import install
 from umlroot.kernel.download import file_sha256 as _sha256
 from umlroot.kernel.fragment import fragment_text
-from umlroot.kernel.manifest import Manifest
+from umlroot.kernel.manifest import INIT, KERNEL, MANIFEST, Manifest
 from umlroot.kernel.patches import build_id, carried
 from umlroot.kernel.select import Origin, describe_binary, find_kernel
 
 FORMAT = 1
-MANIFEST = "manifest.json"
-KERNEL = "linux"
-INIT = "init"
 MEMBERS = (MANIFEST, KERNEL, INIT)
 # Far above a real kernel (8-30 MB) or init (1 MB): a bound on what a
 # corrupt or hostile archive can make us write.

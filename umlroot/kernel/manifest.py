@@ -11,6 +11,11 @@ import json
 from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import store
 
+# The files of a kernel export archive and of the installed kernel wheel.
+MANIFEST = "manifest.json"
+KERNEL = "linux"
+INIT = "init"
+
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:

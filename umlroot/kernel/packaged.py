@@ -16,13 +16,10 @@ import os
 import platform
 from pathlib import Path
 from umlroot.errors import UmlrootError
-from umlroot.kernel.manifest import Manifest
+from umlroot.kernel.manifest import INIT, KERNEL, MANIFEST, Manifest
 
 PACKAGE = "umlroot_kernel"
 DISTRIBUTION = "umlroot-kernel"
-KERNEL = "linux"
-INIT = "init"
-MANIFEST = "manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)

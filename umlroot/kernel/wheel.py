@@ -33,7 +33,7 @@ from umlroot.errors import ExitCode, UmlrootError
 from umlroot.kernel import archive, packaged
 from umlroot.kernel.download import file_sha256
 from umlroot.kernel.fragment import fragment_text
-from umlroot.kernel.manifest import Manifest
+from umlroot.kernel.manifest import INIT, KERNEL, MANIFEST, Manifest
 from umlroot.kernel.patches import build_id, shipped_patches
 
 # The glibc libraries the manylinux policy lets a wheel rely on (the ones a
@@ -247,9 +247,9 @@ def make_wheel(directory: Path, explicit: Path | None = None,
     dist_info = f"{pkg}-{version}.dist-info"
     files: list[tuple[str, bytes, bool]] = [  # (path in the wheel, content, executable)
         (f"{pkg}/__init__.py", _init_py(version).encode(), False),
-        (f"{pkg}/{packaged.KERNEL}", parts.kernel.read_bytes(), True),
-        (f"{pkg}/{packaged.INIT}", parts.init.read_bytes(), True),
-        (f"{pkg}/{packaged.MANIFEST}", manifest.to_json().encode(), False),
+        (f"{pkg}/{KERNEL}", parts.kernel.read_bytes(), True),
+        (f"{pkg}/{INIT}", parts.init.read_bytes(), True),
+        (f"{pkg}/{MANIFEST}", manifest.to_json().encode(), False),
         (f"{pkg}/SOURCE.txt", _source_note(manifest, version).encode(), False),
         *((f"{pkg}/{path}", data, False) for path, data in _source_files(manifest).items()),
         (f"{dist_info}/METADATA", _metadata(version, manifest).encode(), False),
@@ -277,7 +277,7 @@ def make_wheel(directory: Path, explicit: Path | None = None,
 def installed_files_ok(found: packaged.Packaged) -> list[str]:
     """Problems with an installed wheel's files (empty: none): checksums, modes."""
     problems = []
-    for name, path in ((packaged.KERNEL, found.kernel), (packaged.INIT, found.init)):
+    for name, path in ((KERNEL, found.kernel), (INIT, found.init)):
         try:
             if file_sha256(path) != found.manifest.sha256.get(name):
                 problems.append(f"{name} does not match its checksum")
