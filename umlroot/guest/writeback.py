@@ -51,6 +51,9 @@ _KEPT_INSIDE = (
     ("denied", Kind.DENIED, "change where the host denies you write access",
      "changes where the host denies you write access"),
 )
+# Output that did not arrive: (counter in the WB line, report kind).
+_NOT_DELIVERED = (("failed", Kind.FAILED), ("conflicts", Kind.CONFLICT),
+                  ("denied", Kind.DENIED))
 _WRITTEN = (
     ("files", "file"), ("dirs", "dir"), ("symlinks", "symlink"), ("fifos", "FIFO"),
     ("hardlinks", "hard link"), ("metadata", "mode/time-only change"), ("deleted", "deletion"),
@@ -101,17 +104,24 @@ class WritebackReport:
     def count(self, key: str) -> int:
         return self.counts.get(key, 0)
 
+    def _not_delivered(self) -> list[tuple[str, Kind]]:
+        """The (counter, kind) pairs that mean output did not arrive: failed,
+        conflicts, and denied where it counts."""
+        return [(key, kind) for key, kind in _NOT_DELIVERED
+                if kind is not Kind.DENIED or self.denied_fails]
+
     @property
     def undelivered(self) -> list[Entry]:
-        """What should have come back and did not (failed, conflicts, and
-        denied where it counts), with why; empty when all was delivered."""
-        kinds = {Kind.FAILED, Kind.CONFLICT} | ({Kind.DENIED} if self.denied_fails else set())
+        """What should have come back and did not, with why; empty when all
+        was delivered."""
+        kinds = {kind for _key, kind in self._not_delivered()}
         return [entry for entry in self.entries if entry.kind in kinds]
 
     def delivered(self) -> bool:
-        """Everything in scope reached the host, and no write was lost."""
-        keys = ("failed", "conflicts") + (("denied",) if self.denied_fails else ())
-        return not self.lost and not self.skipped and not any(self.count(k) for k in keys)
+        """Everything in scope reached the host, and no write was lost. From
+        the counts: the report names at most a few paths of each kind."""
+        return not self.lost and not self.skipped and not any(
+            self.count(key) for key, _kind in self._not_delivered())
 
     def paths(self, kind: Kind) -> list[Entry]:
         return [entry for entry in self.entries if entry.kind is kind]
