@@ -76,8 +76,11 @@ def mounted_manifest(cwd: Path, disks: Sequence[str], open_script: str,
                      device: str = "/dev/disk/by-umlroot/img", fstype: str = "") -> dict[str, str]:
     """The manifest of an image as a fresh guest's kernel mounts it."""
     kind = ["-t", fstype] if fstype else []
-    script = (open_script + f"\nmkdir -p /run/m && mount -o ro {' '.join(kind)} {device} /run/m"
-              '\n"$PYTHON" "$MANIFEST" /run/m')
+    # stdout carries the manifest: what the open steps print (cryptsetup's
+    # memory warning on a fast host, for one) goes to stderr.
+    script = (f"{{ :\n{open_script}\n}} >&2\n"
+              f"mkdir -p /run/m && mount -o ro {' '.join(kind)} {device} /run/m\n"
+              '"$PYTHON" "$MANIFEST" /run/m')
     manifest: dict[str, str] = json.loads(guest_run(cwd, script, disks))
     return manifest
 
