@@ -46,7 +46,7 @@ static union {
 /* 1 if the scratch disk (ubda) lost writes or met errors, or if that cannot
  * be known (a kernel without the counter): then the image is not to be
  * trusted and the guest copies from its own page cache. */
-static int scratch_untrusted(void)
+int xc_scratch_untrusted(void)
 {
 	static const char *const counters[] = {
 		"/sys/block/ubda/host_write_errors", "/sys/fs/ext4/ubda/errors_count",
@@ -67,7 +67,7 @@ static int scratch_untrusted(void)
 	return 0;
 }
 
-static void put_hex(char *out, const char *s)
+void xc_put_hex(char *out, const char *s)
 {
 	static const char digits[] = "0123456789abcdef";
 	for (; *s; s++) {
@@ -77,12 +77,10 @@ static void put_hex(char *out, const char *s)
 	*out = '\0';
 }
 
-/* Write the data extents of `in` (size bytes) to `list`; 0, or 1 when an
- * extent has no stable place. */
-static int list_extents(int in, off_t size, FILE *list)
+int xc_list_extents(int in, off_t size, FILE *list, int sync)
 {
 	__u64 start = 0;
-	__u32 flags = FIEMAP_FLAG_SYNC;
+	__u32 flags = sync ? FIEMAP_FLAG_SYNC : 0;
 	for (;;) {
 		memset(&fm.map, 0, sizeof(fm.map));
 		fm.map.fm_start = start;
@@ -112,24 +110,28 @@ static int list_extents(int in, off_t size, FILE *list)
 	}
 }
 
+int xc_on_scratch(const struct stat *st)
+{
+	return S_ISREG(st->st_mode) && major(st->st_dev) == UBD_MAJOR && minor(st->st_dev) == 0;
+}
+
 int copy_by_host(int in, int out, const char *host_path)
 {
 	struct stat st;
-	if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || major(st.st_dev) != UBD_MAJOR ||
-	    minor(st.st_dev) != 0 || strlen(host_path) >= PATH_MAX)
+	if (fstat(in, &st) < 0 || !xc_on_scratch(&st) || strlen(host_path) >= PATH_MAX)
 		return 1;
 	static char hex[2 * PATH_MAX + 1];
-	put_hex(hex, host_path);
+	xc_put_hex(hex, host_path);
 	FILE *list = fopen(XC_LIST, "we");
 	if (!list)
 		return 1;
 	fprintf(list, "%s\n%lld\n", hex, (long long)st.st_size);
-	int unusual = list_extents(in, st.st_size, list);
+	int unusual = xc_list_extents(in, st.st_size, list, 1);
 	if (fclose(list) != 0 || unusual)
 		return 1;
 	/* The sync above went to the host through ubda: only if the host
 	 * stored every write does the image hold the file. */
-	if (scratch_untrusted())
+	if (xc_scratch_untrusted())
 		return 1;
 	ctl_say("XC");
 	/* The host answers once it copied; it stops the guest itself if that

@@ -14,7 +14,8 @@
  * This file is the sequence only; the other units do one job each and never
  * call back here: ctl.c (kernel log, control channel, fail/power off),
  * request.c (the machine's and a command's request), command.c (one
- * command: set-up, relay, reaping), writeback.c, state.c (--state),
+ * command: set-up, relay, reaping), writeback.c (with extents.c and
+ * hostbatch.c: what the host writes for it), state.c (--state),
  * net.c (--net), copy.c, dir.c, exec.c.
  *
  * Control protocol (lines on /dev/tty1, raw mode):
@@ -26,6 +27,8 @@
  *                    store; before WB: `WB lost` follows, nothing written back)
  *                  | XC (during writeback: copy the extents listed in IO/xcopy
  *                    out of the scratch image; extents.c)
+ *                  | XB (during writeback: create the files and set the dir
+ *                    modes and times listed in IO/xbatch; hostbatch.c)
  *   host -> guest, no command running:
  *                  r <N> [last] (run IO/cN/request; `last`: then finish as
  *                                for `q 1` if it exited or died of a signal,
@@ -35,6 +38,9 @@
  *                             0 = neither; then DONE and power off)
  *   host -> guest, after XC:
  *                  x <errno> (0: copied; else the guest copies itself)
+ *   host -> guest, after XB:
+ *                  x <errno> <lines> (0: applied, `lines` exceptions in
+ *                  IO/xbatch.result; else the guest writes the batch itself)
  *   host -> guest, while command N runs:
  *                  i <chunk> <size> (stdin chunk ready as IO/cN/in.<chunk>)
  *                  | e (stdin EOF) | k <signal> | w <rows> <cols>

@@ -10,6 +10,8 @@
 
 #include <dirent.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -170,6 +172,42 @@ int copy_sparse(int in, int out);
  * itself (not possible here), -1 with errno set on failure. */
 #define UR_XCOPY_MIN (1L << 20)
 int copy_by_host(int in, int out, const char *host_path);
+/* Its parts, for hostbatch.c: whether a file lives on the scratch disk;
+ * whether that disk lost writes (or cannot tell); write the "logical
+ * physical length" lines of `in`'s data extents to `list` (FIEMAP; `sync`
+ * writes the file out first), 0, or 1 when an extent has no stable place;
+ * a string as hex (2 * strlen + 1 bytes). */
+int xc_on_scratch(const struct stat *st);
+int xc_scratch_untrusted(void);
+int xc_list_extents(int in, off_t size, FILE *list, int sync);
+void xc_put_hex(char *out, const char *s);
+
+/* Writeback in batches (hostbatch.c): a new file whose data is in the upper
+ * layer, and the mode and times of the dir that holds it, are listed for
+ * the host, which creates them all with its own system calls when the
+ * batch is flushed (`XB`), in list order: files first, then their dir.
+ * xb_add_*() return 0 when queued (sending the batch first if it is full),
+ * 1 when the caller must write the entry itself (not on the scratch disk,
+ * an unusual extent). `path` is the host's and the guest's alike
+ * (hostfs shows the host's / as it is). xb_send() hands what is listed to
+ * the host and goes on (after collecting the answer to the batch before);
+ * xb_finish() sends and waits: call it before anything else that waits for
+ * a line from the host. Each entry's outcome comes to `done`, in order. */
+enum xb_outcome {
+	XB_WRITTEN,  /* on the host */
+	XB_MODEBITS, /* on the host, but without the setuid/setgid bits it refused */
+	XB_FAILED,   /* the host could not: `step` and `err` say why */
+	XB_YOURS,    /* the host did not take the batch: write it yourself */
+};
+typedef void xb_done_fn(void *ctx, const char *path, const struct stat *st, int is_dir,
+			enum xb_outcome outcome, const char *step, int err);
+int xb_add_file(const char *path, const char *upper, const struct stat *st, xb_done_fn *done,
+		void *ctx);
+int xb_add_dir(const char *path, const struct stat *st, int set_mode, xb_done_fn *done,
+	       void *ctx);
+int xb_pending(void);
+void xb_send(xb_done_fn *done, void *ctx);
+void xb_finish(xb_done_fn *done, void *ctx);
 
 /* Execute argv[0], searched in PATH as a shell does (exec.c). Returns
  * only on failure, with the errno to report: ENOENT when no PATH directory

@@ -17,7 +17,10 @@
  *                           -> nothing; metacopy (data still in the lower
  *                           at the same path) -> chmod/utimes only; else
  *                           data copied (sparse, copy.c) to a temporary
- *                           name, then renamed
+ *                           name, then renamed; a new small file in the
+ *                           upper layer is listed for the host to create
+ *                           (hostbatch.c), and so are the mode and times
+ *                           of the dirs holding such files
  *   symlink, FIFO           created under a temporary name, then renamed
  *   device, socket, xattrs, owners other than root/the user: counted and
  *                           named in the report, never written
@@ -81,6 +84,7 @@ struct wb {
 	size_t len;
 	unsigned long tmp_serial;
 	unsigned reported[K_COUNT];
+	int fresh; /* the current dir was made by this writeback: the host has nothing in it */
 };
 
 static char report_buf[1 << 16];
@@ -592,6 +596,7 @@ static void apply_deletions(struct wb *w)
 enum source { FROM_UPPER, FROM_MERGED };
 
 static int walk_dir(struct wb *w, enum source src, int depth);
+static xb_done_fn batch_done;
 
 /* Returns 1 if it changed the host. */
 static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs *a,
@@ -607,7 +612,7 @@ static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs
 		hs = *lower;
 		lower_same = lower->st_mode == st->st_mode && same_time(&lower->st_mtim, &st->st_mtim);
 	} else {
-		host_exists = lstat(host_of(w, w->path), &hs) == 0;
+		host_exists = !w->fresh && lstat(host_of(w, w->path), &hs) == 0;
 	}
 	const char *host = host_of(w, w->path);
 	if (host_exists && !S_ISDIR(hs.st_mode)) {
@@ -634,17 +639,36 @@ static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs
 		children = FROM_MERGED;
 	if (src == FROM_UPPER && (a->opaque || a->redirect) && host_exists)
 		defer(w, 'p');
+	int was_fresh = w->fresh;
+	w->fresh = !host_exists;
 	int wrote = walk_dir(w, children, depth + 1);
+	w->fresh = was_fresh;
 	if (host_exists && lower_same && !wrote)
 		return 0;
 	host = host_of(w, w->path);
-	if (!host_exists || (hs.st_mode & 07777) != (st->st_mode & 07777))
+	int mode_differs = !host_exists || (hs.st_mode & 07777) != (st->st_mode & 07777);
+	/* Files of this dir still listed for the host: its mode and times go
+	 * after them, or their creation would change the mtime again. */
+	if (xb_pending() && xb_add_dir(w->path, st, mode_differs, batch_done, w) == 0)
+		return 1;
+	if (mode_differs)
 		set_mode(w, -1, host, st->st_mode);
 	set_times(-1, host, st);
 	return 1;
 }
 
-/* Returns 1 if it wrote something to the host. */
+/* A new file with its data in the upper layer, small enough that a host
+ * round trip of its own would cost more than the copy: listed for the
+ * host's batch. 0 when listed. */
+static int queue_for_host(struct wb *w, const struct stat *st)
+{
+	if (st->st_nlink != 1 || st->st_size >= UR_XCOPY_MIN)
+		return 1;
+	return xb_add_file(w->path, upper_of(w->path), st, batch_done, w);
+}
+
+/* Returns 1 if it wrote something to the host, 2 if it listed it for the
+ * host's batch. */
 static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attrs *a,
 		      enum source src, const struct stat *lower)
 {
@@ -659,8 +683,11 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 			return 0; /* as on the host */
 		}
 	}
+	/* A big file's XC waits for a line from the host, as a batch does. */
+	if (st->st_size >= UR_XCOPY_MIN)
+		xb_finish(batch_done, w);
 	const char *host = host_of(w, w->path);
-	int host_exists = lstat(host, &hs) == 0;
+	int host_exists = !w->fresh && lstat(host, &hs) == 0;
 	if (host_exists && conflicts(w, &hs))
 		return 0;
 	if (host_exists && S_ISDIR(hs.st_mode) && remove_tree(host) < 0) {
@@ -684,6 +711,8 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 		if (!lower || !same_time(&lower->st_mtim, &st->st_mtim))
 			set_times(-1, host, st);
 		w->sum->metadata_only++;
+	} else if (src == FROM_UPPER && !a->metacopy && queue_for_host(w, st) == 0) {
+		return 2; /* counted and marked when the host has it: batch_done() */
 	} else {
 		/* Data in the upper unless metacopy: read it there, else through the overlay. */
 		const char *from = src == FROM_UPPER && !a->metacopy ? upper_of(w->path)
@@ -702,6 +731,51 @@ static void mark_on_host(struct wb *w)
 {
 	if (w->req->persistent && lsetxattr(upper_of(w->path), UR_HOST_MARK, "", 0, 0) < 0)
 		klog("writeback: mark %s: %s\n", w->path, strerror(errno));
+}
+
+/* What the host did with one entry of a batch (hostbatch.c). */
+static void batch_outcome(struct wb *w, const char *path, const struct stat *st, int is_dir,
+			  enum xb_outcome outcome, const char *step, int err)
+{
+	switch (outcome) {
+	case XB_YOURS:
+		if (is_dir) {
+			set_mode(w, -1, host_of(w, path), st->st_mode);
+			set_times(-1, host_of(w, path), st);
+		} else if (write_file(w, upper_of(path), host_of(w, path), st) == 0) {
+			w->sum->files++;
+			mark_on_host(w);
+		}
+		return;
+	case XB_FAILED:
+		failed(w, step, err, path);
+		return;
+	case XB_MODEBITS:
+		w->sum->modebits++;
+		report(w, K_MODEBITS, NULL, path);
+		__attribute__((fallthrough)); /* written all the same */
+	case XB_WRITTEN:
+		if (!is_dir) {
+			w->sum->files++;
+			mark_on_host(w);
+		}
+		return;
+	}
+}
+
+static void batch_done(void *ctx, const char *path, const struct stat *st, int is_dir,
+		       enum xb_outcome outcome, const char *step, int err)
+{
+	/* A flush may come in the middle of the walk: w->path is the walk's. */
+	static char walk_path[PATH_MAX];
+	struct wb *w = ctx;
+	size_t walk_len = w->len, n = strlen(path);
+	memcpy(walk_path, w->path, walk_len + 1);
+	memcpy(w->path, path, n + 1);
+	w->len = n;
+	batch_outcome(w, path, st, is_dir, outcome, step, err);
+	memcpy(w->path, walk_path, walk_len + 1);
+	w->len = walk_len;
 }
 
 /* One entry of a dir being written back; returns 1 if the host changed. */
@@ -727,7 +801,9 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 		w->sum->xattrs++;
 		report(w, K_XATTR, NULL, w->path);
 	}
-	int have_lower = src == FROM_UPPER && !a.redirect && lstat(lower_of(w->path), &ls) == 0;
+	/* In a dir this writeback made, the host (and so the lower) has nothing. */
+	int have_lower = src == FROM_UPPER && !a.redirect && !w->fresh &&
+			 lstat(lower_of(w->path), &ls) == 0;
 	check_owner(w, &st, have_lower ? &ls : NULL);
 
 	int changed = 0;
@@ -741,7 +817,7 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 	case S_IFLNK:
 	case S_IFIFO: {
 		const char *host = host_of(w, w->path);
-		int host_exists = lstat(host, &hs) == 0;
+		int host_exists = !w->fresh && lstat(host, &hs) == 0;
 		if (host_exists && conflicts(w, &hs))
 			return 0;
 		if (host_exists && S_ISDIR(hs.st_mode))
@@ -762,9 +838,9 @@ static int apply_entry(struct wb *w, enum source src, int depth)
 		report(w, K_SOCKET, NULL, w->path);
 		return 0;
 	}
-	if (changed && src == FROM_UPPER)
+	if (changed == 1 && src == FROM_UPPER)
 		mark_on_host(w);
-	return changed;
+	return changed != 0;
 }
 
 /* Write back every entry of the dir at w->path; returns 1 if the host changed. */
@@ -821,6 +897,7 @@ static int write_scope(struct wb *w, const char *scope)
 		int have_lower = lstat(lower_of(w->path), &ls) == 0;
 		if (read_ovl_attrs(upper_of(w->path), &a) == 0)
 			apply_dir(w, &st, &a, FROM_UPPER, have_lower ? &ls : NULL, 0);
+		xb_finish(batch_done, w);
 		apply_deletions(w);
 	}
 	if (umount2(UR_WB, 0) < 0)

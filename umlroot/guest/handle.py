@@ -72,7 +72,7 @@ from umlroot.guest.process import (
 )
 from umlroot.guest.request import CommandRequest, MachineRequest
 from umlroot.guest.rundir import run_directory
-from umlroot.guest.hostcopy import ScratchCopier
+from umlroot.guest.hostbatch import HostWrites
 from umlroot.guest.scratch import create_scratch
 from umlroot.guest.session import (
     CommandSession,
@@ -202,8 +202,8 @@ class Guest:
             scratch = self.run_dir / "scratch.img"
             create_scratch(scratch)
         self.phases["scratch"] = time.monotonic() - self._started
-        self._copier = ScratchCopier(scratch, self.run_dir, scopes)
-        stack.callback(self._copier.close)
+        self._host_writes = HostWrites(scratch, self.run_dir, scopes)
+        stack.callback(self._host_writes.close)
         attached = attach_disks(disk_specs, self.run_dir)
         # For a lost-writes message: where each device's host file lives.
         self._scopes = scopes
@@ -325,7 +325,7 @@ class Guest:
             (io_dir / "request").write_bytes(request.encode())
             session = CommandSession(self.machine, self.channel, self._watch, io_dir, number,
                                      spec.io, last=last, limits=limits, signals=signals,
-                                     copier=self._copier)
+                                     host_writes=self._host_writes)
             session.start()
             self._busy = session
             return session
@@ -448,8 +448,8 @@ class Guest:
             if ready:
                 for line in self.channel.read_lines():
                     kind, _, rest = line.partition(" ")
-                    if kind == "XC":
-                        self._copier.serve(self.channel)
+                    if kind in HostWrites.REQUESTS:
+                        self._host_writes.serve(kind, rest, self.channel)
                     seen[kind] = rest
         return seen
 
@@ -509,10 +509,14 @@ class Guest:
         if self.options.verbose:
             sys.stderr.write(self.log_file.read_text(errors="replace"))
             _show_phases(self.phases)
-            if self._copier.files:
-                log.say(f"writeback: {self._copier.files} big files "
-                        f"({self._copier.bytes / (1 << 20):.0f} MiB of extents) copied on the "
+            copier, batches = self._host_writes.copier, self._host_writes.batches
+            if copier.files:
+                log.say(f"writeback: {copier.files} big files "
+                        f"({copier.bytes / (1 << 20):.0f} MiB of extents) copied on the "
                         "host out of the scratch disk")
+            if batches.files:
+                log.say(f"writeback: {batches.files} small files written by the host "
+                        f"in {batches.seconds * 1000:.0f} ms")
         self._closed = True
         self._finalizer()
 

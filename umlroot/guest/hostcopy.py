@@ -44,20 +44,21 @@ class Extent:
     length: int
 
 
+def parse_extent(line: bytes, size: int) -> Extent:
+    """`logical physical length` of a file of `size` bytes; ValueError if malformed."""
+    logical, physical, length = (int(word) for word in line.split())
+    if min(logical, physical, length) < 0 or logical + length > size:
+        raise ValueError(f"extent out of range: {line!r}")
+    return Extent(logical, physical, length)
+
+
 def parse_list(text: bytes) -> tuple[bytes, int, list[Extent]]:
     """The guest's list -> (destination, size, extents); ValueError if malformed."""
     lines = text.split(b"\n")
     if len(lines) < 2:
         raise ValueError("short extent list")
     path, size = bytes.fromhex(lines[0].decode()), int(lines[1])
-    extents = []
-    for line in lines[2:]:
-        if line:
-            logical, physical, length = (int(word) for word in line.split())
-            if min(logical, physical, length) < 0 or logical + length > size:
-                raise ValueError(f"extent out of range: {line!r}")
-            extents.append(Extent(logical, physical, length))
-    return path, size, extents
+    return path, size, [parse_extent(line, size) for line in lines[2:] if line]
 
 
 class ScratchCopier:
@@ -80,22 +81,19 @@ class ScratchCopier:
             os.close(self._fd)
             self._fd = -1
 
-    def serve(self, channel: Channel) -> None:
-        channel.send(f"x {self.copy_listed()}")
-
     def copy_listed(self) -> int:
         """Copy what the list names; 0, or the errno of what went wrong."""
         try:
             path, _size, extents = parse_list(self._list.read_bytes())
-            if not os.path.basename(path).startswith(TMP_PREFIX) or not self._in_scope(path):
+            if (not os.path.basename(path).startswith(TMP_PREFIX)
+                    or not self.in_scope(os.path.dirname(path))):
                 return errno.EINVAL
             out = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 st = os.fstat(out)
                 if not stat.S_ISREG(st.st_mode) or st.st_size != 0:
                     return errno.EINVAL
-                for extent in extents:
-                    self._copy_extent(out, extent)
+                self.copy_extents(out, extents)
                 self.files += 1
                 self.bytes += sum(extent.length for extent in extents)
             finally:
@@ -106,10 +104,17 @@ class ScratchCopier:
             return errno.EINVAL
         return 0
 
-    def _in_scope(self, path: bytes) -> bool:
-        parent = os.path.realpath(os.path.dirname(path))
-        return any(parent == scope or parent.startswith(scope.rstrip(b"/") + b"/")
+    def in_scope(self, directory: bytes) -> bool:
+        """Whether the host may write in `directory`: a scope or under one."""
+        real = os.path.realpath(directory)
+        return any(real == scope or real.startswith(scope.rstrip(b"/") + b"/")
                    for scope in self._scopes)
+
+    def copy_extents(self, out: int, extents: Sequence[Extent]) -> None:
+        """Copy the extents' data from the image into `out` at their offsets,
+        leaving blocks of zeros out (holes)."""
+        for extent in extents:
+            self._copy_extent(out, extent)
 
     def _copy_extent(self, out: int, extent: Extent) -> None:
         # bytearray methods only: they run in C (a memoryview's `in` and

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from umlroot.errors import UmlrootError
 from umlroot.guest.channel import ControlChannel
-from umlroot.guest.hostcopy import ScratchCopier
+from umlroot.guest.hostbatch import HostWrites
 from umlroot.guest.inotify import DirectoryWatch
 from umlroot.libc import libc
 from umlroot.guest.machine import Machine
@@ -327,9 +327,9 @@ class CommandSession:
                  io_dir: Path, number: int, io: CommandIO, *, last: bool = False,
                  limits: SessionLimits = SessionLimits(),
                  signals: SignalForwarder | None = None,
-                 copier: ScratchCopier | None = None) -> None:
+                 host_writes: HostWrites | None = None) -> None:
         self.machine = machine
-        self.copier = copier
+        self.host_writes = host_writes
         self.channel = channel
         self.io_dir = io_dir
         self.number = number
@@ -496,10 +496,10 @@ class CommandSession:
             self.result.outcome = Outcome(name)
             self.result.value = int(value or 0)
             self._mark("command")
-        elif kind == "XC":
-            # Writeback asks the host to copy a big file (hostcopy.py).
-            if self.copier is not None:
-                self.copier.serve(self.channel)
+        elif kind in HostWrites.REQUESTS:
+            # Writeback asks the host to write files (hostbatch.py).
+            if self.host_writes is not None:
+                self.host_writes.serve(kind, rest, self.channel)
             else:
                 self.channel.send(f"x {errno.EOPNOTSUPP}")
         elif kind == "WB":
