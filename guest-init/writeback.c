@@ -683,8 +683,9 @@ static int apply_file(struct wb *w, const struct stat *st, const struct ovl_attr
 			return 0; /* as on the host */
 		}
 	}
-	/* A big file's XC waits for a line from the host, as a batch does. */
-	if (st->st_size >= UR_XCOPY_MIN)
+	/* A big file's XC (its data in the upper layer) waits for a line from
+	 * the host, as a batch does: the batch's answer first. */
+	if (src == FROM_UPPER && !a->metacopy && st->st_size >= UR_XCOPY_MIN)
 		xb_finish(batch_done, w);
 	const char *host = host_of(w, w->path);
 	int host_exists = !w->fresh && lstat(host, &hs) == 0;

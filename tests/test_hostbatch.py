@@ -139,13 +139,15 @@ def run_ok(cwd: Path, script: str, *extra: str) -> subprocess.CompletedProcess[b
 
 
 # More files than two batches hold (2048 entries each), in nested new dirs
-# and in a dir the host has, with modes, times, a sparse file and empty ones.
+# and in a dir the host has, with modes, times, a sparse file, an empty one,
+# and a big one among them (its `XC` waits for the batch's answer first).
 MANY = """set -e
 mkdir -p new/a/b have/sub
 for i in $(seq 1 2100); do echo "a $i" > new/a/f$i; done
 for i in $(seq 1 2100); do echo "b $i" > new/a/b/f$i; done
 for i in $(seq 1 300); do echo "h $i" > have/g$i; done
 : > new/empty
+head -c 2M /dev/urandom > new/a/big
 truncate -s 600K new/sparse && printf x | dd of=new/sparse bs=1 seek=300000 conv=notrunc status=none
 chmod 4750 new/a/f7
 chmod 600 have/g3
@@ -164,10 +166,11 @@ def test_many_new_files_come_back_through_batches(tmp_path: Path, state: bool) -
     extra = ["--state", str(tmp_path / "st")] if state else []
     result = run_ok(work, MANY, *extra)
     assert "4502 small files written by the host" in result.stderr.decode()
+    assert "1 big files" in result.stderr.decode()
     check = subprocess.run(["sha256sum", "--quiet", "-c"], input=result.stdout, cwd=work,
                            capture_output=True, check=False)
     assert check.returncode == 0, check.stdout.decode()[:2000]
-    assert len(result.stdout.splitlines()) == 4502
+    assert len(result.stdout.splitlines()) == 4503
     assert stat.S_IMODE((work / "new/a/f7").stat().st_mode) == 0o4750
     assert stat.S_IMODE((work / "have/g3").stat().st_mode) == 0o600
     assert (work / "new/a/f9").stat().st_mtime == 981173106
