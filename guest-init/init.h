@@ -241,6 +241,9 @@ int writeback(const struct machine_request *req, const char *upper, struct wb_su
 #define UR_HOST_MARK "trusted.umlroot.host"
 #define UR_STATE_FORMAT 1
 int state_reconcile(const struct machine_request *req, const char *scratch, const char *lower);
+/* errno of the first host addition state_reconcile could not copy into the
+ * state, or 0: writeback must not take such entries for deletions. */
+extern int state_import_errno;
 int state_finish(const struct machine_request *req, const char *scratch);
 
 #endif

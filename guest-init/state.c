@@ -17,9 +17,12 @@
  * made again since shows through again, and a path the host deleted since
  * goes from the state too if it was a metacopy of the host file (its data
  * is gone) or writeback had put it on the host (marked UR_HOST_MARK); what
- * was kept only inside (device nodes, files outside the scopes) stays. Files under an opaque or renamed
- * dir, renamed files and hard links are left alone (their host counterpart
- * is not at the same path).
+ * was kept only inside (device nodes, files outside the scopes) stays.
+ * Under an opaque dir (and every dir below one) the host is not seen
+ * through: a changed host file's data is copied in, and what the host added
+ * since is copied in whole (import_additions). Files under a renamed dir,
+ * renamed files and hard links are left alone (their host counterpart is
+ * not at the same path).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -224,6 +227,132 @@ static void reconcile_entry(struct walk *w, unsigned char type, int check)
 		copy_from_host(w, &ls);
 }
 
+int state_import_errno;
+
+static void import_failed(const char *path, int err)
+{
+	klog("state: copy %s from the host: %s\n", path, strerror(err));
+	if (!state_import_errno)
+		state_import_errno = err;
+}
+
+/* Copy the host entry at w->lower to w->upper (new), as the overlay would
+ * show it: owner, mode, mtime; marked as on the host. A dir whole. */
+static int import_entry(struct walk *w, const struct stat *ls, int depth)
+{
+	int r = -1;
+	if (S_ISREG(ls->st_mode)) {
+		int in = open(w->lower, O_RDONLY | O_CLOEXEC);
+		int out = in < 0 ? -1 : open(w->upper, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		r = out < 0 || copy_sparse(in, out) < 0 ? -1 : 0;
+		if (in >= 0)
+			close(in);
+		if (out >= 0)
+			close(out);
+	} else if (S_ISDIR(ls->st_mode)) {
+		struct dir_iter it = {.fd = -1};
+		struct dirent64 *d;
+		if (depth > MAX_DEPTH)
+			errno = ELOOP;
+		else if (mkdir(w->upper, 0700) == 0 && dir_open(&it, w->lower) == 0)
+			r = 0;
+		while (r == 0 && (d = dir_next(&it)) != NULL) {
+			struct stat cs;
+			size_t ul = w->upper_len, ll = w->lower_len;
+			if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
+			    push(w->lower, &w->lower_len, d->d_name) < 0)
+				import_failed(w->lower, ENAMETOOLONG);
+			else if (lstat(w->lower, &cs) < 0)
+				import_failed(w->lower, errno);
+			else
+				import_entry(w, &cs, depth + 1);
+			w->upper_len = ul;
+			w->upper[ul] = '\0';
+			w->lower_len = ll;
+			w->lower[ll] = '\0';
+		}
+		if (r == 0 && it.error) {
+			errno = it.error;
+			r = -1;
+		}
+		dir_close(&it);
+	} else if (S_ISLNK(ls->st_mode)) {
+		char target[PATH_MAX];
+		ssize_t n = readlink(w->lower, target, sizeof(target) - 1);
+		if (n >= 0) {
+			target[n] = '\0';
+			r = symlink(target, w->upper);
+		}
+	} else if (S_ISFIFO(ls->st_mode)) {
+		r = mknod(w->upper, S_IFIFO | 0600, 0);
+	} else {
+		return 0; /* device nodes, sockets: writeback never makes them either */
+	}
+	struct timespec ts[2] = {ls->st_atim, ls->st_mtim};
+	if (r < 0 || lchown(w->upper, ls->st_uid, ls->st_gid) < 0 ||
+	    (!S_ISLNK(ls->st_mode) && chmod(w->upper, ls->st_mode & 07777) < 0) ||
+	    lsetxattr(w->upper, UR_HOST_MARK, "", 0, 0) < 0 ||
+	    utimensat(AT_FDCWD, w->upper, ts, AT_SYMLINK_NOFOLLOW) < 0) {
+		import_failed(w->lower, errno ? errno : EIO);
+		/* Nothing half made: it would hide the host's entry, or be
+		 * written back over it. */
+		if ((S_ISDIR(ls->st_mode) ? rmdir(w->upper) : unlink(w->upper)) < 0 &&
+		    errno != ENOENT)
+			klog("state: remove %s: %s\n", w->upper, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* The upper dir at w->upper hides the host dir at w->lower (opaque, or
+ * below an opaque dir), and the host dir changed since: what the host added
+ * since is copied in, as the overlay cannot show it. An older host entry
+ * missing from the state was deleted inside (outside the scopes, or kept as
+ * a conflict before the last run) and stays deleted. */
+static void import_additions(struct walk *w, int depth)
+{
+	struct stat ls;
+	struct dir_iter it;
+	struct dirent64 *d;
+	unsigned long before = w->stale;
+	if (lstat(w->lower, &ls) < 0 || !S_ISDIR(ls.st_mode) ||
+	    !later_or_same(&ls.st_ctim, &w->since))
+		return;
+	if (dir_open(&it, w->lower) < 0) {
+		import_failed(w->lower, errno);
+		return;
+	}
+	while ((d = dir_next(&it)) != NULL) {
+		struct stat us, cs;
+		size_t ul = w->upper_len, ll = w->lower_len;
+		if (push(w->upper, &w->upper_len, d->d_name) < 0 ||
+		    push(w->lower, &w->lower_len, d->d_name) < 0) {
+			import_failed(w->lower, ENAMETOOLONG);
+		} else if (lstat(w->upper, &us) == 0 && !(S_ISCHR(us.st_mode) && us.st_rdev == 0)) {
+			/* The state has it: no host call. */
+		} else if (lstat(w->lower, &cs) < 0) {
+			if (errno != ENOENT)
+				import_failed(w->lower, errno);
+		} else if (later_or_same(&cs.st_ctim, &w->since)) {
+			/* A whiteout: deleted inside, made again on the host. */
+			if (unlink(w->upper) < 0 && errno != ENOENT)
+				import_failed(w->upper, errno);
+			else if (import_entry(w, &cs, depth + 1) == 0)
+				w->stale++;
+		}
+		w->upper_len = ul;
+		w->upper[ul] = '\0';
+		w->lower_len = ll;
+		w->lower[ll] = '\0';
+	}
+	if (it.error)
+		import_failed(w->lower, it.error);
+	dir_close(&it);
+	struct timespec ts[2] = {{0, UTIME_OMIT}, ls.st_mtim};
+	if (w->stale != before)
+		utimensat(AT_FDCWD, w->upper, ts, AT_SYMLINK_NOFOLLOW);
+}
+
 /* `marks`: this path is the host path of the entry (not under a renamed
  * dir), so "the host deleted it" can be told. */
 static void reconcile_dir(struct walk *w, int check, int marks, int depth)
@@ -232,6 +361,8 @@ static void reconcile_dir(struct walk *w, int check, int marks, int depth)
 	int renamed = has_xattr(w->upper, "trusted.overlay.redirect", NULL, 0);
 	int opaque = lgetxattr(w->upper, "trusted.overlay.opaque", &v, 1) == 1 && v == 'y';
 	walk(w, check && !renamed && !opaque, marks && !renamed, depth + 1);
+	if (marks && !renamed && (opaque || !check))
+		import_additions(w, depth);
 	/* A dir writeback made that the host removed: gone once empty. */
 	struct stat ls;
 	if (marks && !renamed && lstat(w->lower, &ls) < 0 && errno == ENOENT &&

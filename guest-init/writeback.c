@@ -10,9 +10,10 @@
  *   whiteout (char 0:0)     deleted on the host, in the last phase
  *   dir                     created if missing; renamed dirs
  *                           (trusted.overlay.redirect) are copied whole
- *                           from the merged view; for them and for opaque
- *                           dirs, host entries they no longer hold are
- *                           removed in the last phase
+ *                           from the merged view; for them, for opaque
+ *                           dirs and for every dir below one of those,
+ *                           host entries they no longer hold are removed
+ *                           in the last phase
  *   regular file            unchanged against the lower (mode, size, mtime)
  *                           -> nothing; metacopy (data still in the lower
  *                           at the same path) -> chmod/utimes only; else
@@ -85,12 +86,14 @@ struct wb {
 	unsigned long tmp_serial;
 	unsigned reported[K_COUNT];
 	int fresh; /* the current dir was made by this writeback: the host has nothing in it */
+	int hidden; /* under an opaque or renamed dir: the lower at the same path does
+		     * not show through, so a dir's upper entries are all it holds */
 };
 
 static char report_buf[1 << 16];
 static size_t report_len;
 static int report_fd = -1;
-static char deletions[DELETIONS_SIZE]; /* "w<path>\0" or "p<path>\0" */
+static char deletions[DELETIONS_SIZE]; /* "w<path>\0", "p<path>\0" or "u<path>\0" */
 static size_t deletions_len;
 static struct {
 	dev_t dev;
@@ -528,8 +531,10 @@ static void apply_whiteout(struct wb *w)
 		w->sum->deleted++;
 }
 
-/* An opaque or renamed dir: remove host entries it no longer holds. */
-static void apply_prune(struct wb *w)
+/* A dir whose entries are all it holds: remove host entries it lacks. Its
+ * entries are the upper layer's ('u': opaque, or below one) or the merged
+ * view's ('p': renamed, or below one). */
+static void apply_prune(struct wb *w, char op)
 {
 	char host[PATH_MAX + 64];
 	struct dir_iter it;
@@ -542,8 +547,22 @@ static void apply_prune(struct wb *w)
 		size_t old;
 		if (path_push(w, d->d_name, &old) < 0)
 			continue;
-		if (lstat(merged_of(w->path), &ms) < 0 && errno == ENOENT)
+		/* The upper entry was just looked at by the walk: cheaper than
+		 * an overlay lookup. */
+		int gone = op == 'u' ? (lstat(upper_of(w->path), &ms) < 0 ? errno == ENOENT
+									   : is_whiteout(&ms))
+				     : lstat(merged_of(w->path), &ms) < 0 && errno == ENOENT;
+		if (gone && op == 'u' && state_import_errno) {
+			/* Maybe a host addition the state could not take in
+			 * (state.c): never taken for a deletion. */
+			char detail[256];
+			snprintf(detail, sizeof(detail), "not deleted: the state could not copy "
+				 "the host's additions in at boot: %s", strerror(state_import_errno));
+			w->sum->failed++;
+			report(w, K_FAILED, detail, w->path);
+		} else if (gone) {
 			apply_whiteout(w);
+		}
 		path_pop(w, old);
 	}
 	dir_close(&it);
@@ -563,6 +582,7 @@ static void restore_dir_times(struct wb *w, const char *dir)
 static void apply_deletions(struct wb *w)
 {
 	char last_parent[PATH_MAX] = "";
+	int touched = 0; /* last_parent lost an entry: its times to restore */
 	for (size_t off = 0; off < deletions_len;) {
 		char op = deletions[off];
 		const char *p = deletions + off + 1;
@@ -570,23 +590,27 @@ static void apply_deletions(struct wb *w)
 		off += n + 2;
 		memcpy(w->path, p, n + 1);
 		w->len = n;
+		unsigned long before = w->sum->deleted + w->sum->failed;
 		if (op == 'w')
 			apply_whiteout(w);
 		else
-			apply_prune(w);
+			apply_prune(w, op);
+		int removed = w->sum->deleted + w->sum->failed != before;
 		char *slash = strrchr(w->path, '/');
-		if (op == 'p')
+		if (op != 'w')
 			slash = w->path + w->len;
 		if (slash) {
 			*slash = '\0';
 			if (strcmp(last_parent, w->path)) {
-				if (last_parent[0])
+				if (touched)
 					restore_dir_times(w, last_parent);
 				snprintf(last_parent, sizeof(last_parent), "%s", w->path);
+				touched = 0;
 			}
+			touched |= removed;
 		}
 	}
-	if (last_parent[0])
+	if (touched)
 		restore_dir_times(w, last_parent);
 	deletions_len = 0;
 }
@@ -610,7 +634,11 @@ static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs
 		 * host round trip per dir). */
 		host_exists = 1;
 		hs = *lower;
-		lower_same = lower->st_mode == st->st_mode && same_time(&lower->st_mtim, &st->st_mtim);
+		/* A time the guest set through hostfs is whole seconds (hostfs
+		 * leaves s_time_gran at 1 s): setting it again gives the same. */
+		lower_same = lower->st_mode == st->st_mode &&
+			     (same_time(&lower->st_mtim, &st->st_mtim) ||
+			      (lower->st_mtim.tv_sec == st->st_mtim.tv_sec && lower->st_mtim.tv_nsec == 0));
 	} else {
 		host_exists = !w->fresh && lstat(host_of(w, w->path), &hs) == 0;
 	}
@@ -633,16 +661,22 @@ static int apply_dir(struct wb *w, const struct stat *st, const struct ovl_attrs
 	}
 	/* Renamed: the merged view is the whole truth (entries come from the
 	 * old place). Opaque (new, or `rm -r d; mkdir d`): all entries are in
-	 * the upper layer. Either way, host entries it lacks go at the end. */
+	 * the upper layer. So is every dir below either: overlayfs marks only
+	 * the top one (a dir made inside a new dir is not opaque, yet nothing
+	 * of the host's same path shows through it; a file deleted there
+	 * leaves no whiteout). Either way, host entries it lacks go at the end. */
 	enum source children = src;
 	if (src == FROM_UPPER && a->redirect)
 		children = FROM_MERGED;
-	if (src == FROM_UPPER && (a->opaque || a->redirect) && host_exists)
-		defer(w, 'p');
-	int was_fresh = w->fresh;
+	int whole = children == FROM_MERGED || a->opaque || w->hidden;
+	if (whole && host_exists)
+		defer(w, children == FROM_MERGED ? 'p' : 'u');
+	int was_fresh = w->fresh, was_hidden = w->hidden;
 	w->fresh = !host_exists;
+	w->hidden = whole;
 	int wrote = walk_dir(w, children, depth + 1);
 	w->fresh = was_fresh;
+	w->hidden = was_hidden;
 	if (host_exists && lower_same && !wrote)
 		return 0;
 	host = host_of(w, w->path);
@@ -877,6 +911,21 @@ static int walk_dir(struct wb *w, enum source src, int depth)
 
 /* ---- scopes and what lies outside them ------------------------------------------------------ */
 
+/* Is the lower at `scope` hidden by an opaque upper dir above it? (Below a
+ * renamed one it shows from elsewhere: left as it was.) */
+static int scope_hidden(const char *scope)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", scope);
+	for (char *slash = strrchr(dir, '/'); slash && slash != dir; slash = strrchr(dir, '/')) {
+		struct ovl_attrs a;
+		*slash = '\0';
+		if (read_ovl_attrs(upper_of(dir), &a) == 0 && a.opaque)
+			return 1;
+	}
+	return 0;
+}
+
 static int write_scope(struct wb *w, const char *scope)
 {
 	struct stat st;
@@ -896,8 +945,10 @@ static int write_scope(struct wb *w, const char *scope)
 		struct ovl_attrs a;
 		struct stat ls;
 		int have_lower = lstat(lower_of(w->path), &ls) == 0;
+		w->hidden = scope_hidden(scope);
 		if (read_ovl_attrs(upper_of(w->path), &a) == 0)
 			apply_dir(w, &st, &a, FROM_UPPER, have_lower ? &ls : NULL, 0);
+		w->hidden = 0;
 		xb_finish(batch_done, w);
 		apply_deletions(w);
 	}

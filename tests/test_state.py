@@ -198,3 +198,122 @@ def test_host_edit_between_runs_is_not_reverted(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr.decode()
     assert second.stdout.decode().splitlines() == ["7:7", "edited on the host"]
     assert (work / "new/f").read_text() == "edited on the host\n"
+
+
+def _tree(top: Path) -> dict[str, str]:
+    """Each path under `top`: a file's content, or "dir"."""
+    return {str(p.relative_to(top)): "dir" if p.is_dir() else p.read_text()
+            for p in sorted(top.rglob("*"))}
+
+
+NESTED_SETUP = "mkdir -p new/a/b && echo 1 > new/a/f1 && echo 2 > new/f2 && echo 3 > new/a/b/f3"
+
+
+@uml
+@pytest.mark.parametrize("change", [
+    "rm new/a/f1",
+    "rm new/a/b/f3",
+    "rm -r new/a/b",
+    "rm -r new/a",
+    "mv new/a/f1 new/a/g1",
+    "mv new/a/b/f3 new/f3",
+    "mv new/a/b new/c",
+    "echo changed > new/a/f1",
+    "echo changed > new/a/b/f3",
+    "echo 4 > new/a/b/f4 && mkdir new/a/b/c && echo 5 > new/a/b/c/f5",
+    "rm -r new/a && mkdir -p new/a/b && echo 6 > new/a/b/f6",
+])
+def test_later_run_changes_dirs_an_earlier_run_made(tmp_path: Path, change: str) -> None:
+    """Dirs a --state run made (and wrote back) hold nothing of the host's in
+    the next run: only the top one is opaque, and a file deleted below it
+    leaves no whiteout. Whatever the next run does there reaches the host,
+    as the same commands would leave it natively."""
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    native = tmp_path / "native"
+    work.mkdir()
+    native.mkdir()
+    subprocess.run(["sh", "-c", f"{NESTED_SETUP} && {change}"], cwd=native, check=True)
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c", NESTED_SETUP], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    second = run_umlroot(["run", "--state", str(state), "--", "sh", "-c", change], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    assert _tree(work) == _tree(native)
+    # The state agrees with the host, and a third run has nothing to write back.
+    third = run_umlroot(["run", "--verbose", "--state", str(state), "--", "sh", "-c",
+                         "find new | sort"], cwd=work)
+    assert third.returncode == 0, third.stderr.decode()
+    assert third.stdout.decode().splitlines() == sorted(
+        ["new", *(f"new/{p}" for p in _tree(work / "new"))])
+    assert b"wrote back: nothing" in third.stderr
+    assert _tree(work) == _tree(native)
+
+
+@uml
+def test_dir_below_a_remade_dir_loses_host_entries(tmp_path: Path) -> None:
+    """The same without --state: in `rm -r d; mkdir -p d/a`, d is opaque but
+    d/a is not, and nothing of the host's d/a shows through it."""
+    (tmp_path / "d/a").mkdir(parents=True)
+    (tmp_path / "d/a/old").write_text("old\n")
+    (tmp_path / "d/keep-not").write_text("old\n")
+    result = run_umlroot(["run", "--", "sh", "-c",
+                          "rm -r d && mkdir -p d/a/b && echo n > d/a/new && ls -A d/a"],
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"b\nnew\n"
+    assert _tree(tmp_path / "d") == {"a": "dir", "a/b": "dir", "a/new": "n\n"}
+
+
+@uml
+def test_host_additions_in_dirs_the_state_made(tmp_path: Path) -> None:
+    """What the host adds between runs under dirs a --state run made shows
+    inside the next run (the opaque dir hides the host's entries, so the
+    init copies them in) and is not deleted from the host by its writeback;
+    a later run's deletion of it reaches the host."""
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    work.mkdir()
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c", NESTED_SETUP], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    (work / "new/host-top").write_text("top\n")
+    (work / "new/a/b/hostdir/sub").mkdir(parents=True)
+    (work / "new/a/b/hostdir/sub/x").write_text("deep\n")
+    (work / "new/a/link").symlink_to("f1")
+    before = _tree(work)
+    second = run_umlroot(["run", "--verbose", "--state", str(state), "--", "sh", "-c",
+                          "find new | sort && cat new/a/b/hostdir/sub/x new/a/link"], cwd=work)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().splitlines() == sorted(
+        ["new", *(f"new/{p}" for p in _tree(work / "new"))]) + ["deep", "1"]
+    assert b"wrote back: nothing" in second.stderr
+    assert _tree(work) == before
+    third = run_umlroot(["run", "--state", str(state), "--", "sh", "-c",
+                         "rm -r new/a/b/hostdir/sub && rm new/a/link"], cwd=work)
+    assert third.returncode == 0, third.stderr.decode()
+    assert sorted(p.name for p in (work / "new/a/b/hostdir").iterdir()) == []
+    assert not (work / "new/a/link").is_symlink()
+    assert (work / "new/host-top").read_text() == "top\n"
+
+
+@uml
+def test_host_addition_the_state_cannot_take_is_kept(tmp_path: Path) -> None:
+    """A host addition the init cannot copy into the state (unreadable) is
+    not taken for a deletion: kept on the host, named, exit 125."""
+    state = tmp_path / "state.img"
+    work = tmp_path / "work"
+    work.mkdir()
+    first = run_umlroot(["run", "--state", str(state), "--", "sh", "-c", NESTED_SETUP], cwd=work)
+    assert first.returncode == 0, first.stderr.decode()
+    locked = work / "new/a/locked"
+    locked.write_text("secret\n")
+    locked.chmod(0)
+    try:
+        second = run_umlroot(["run", "--state", str(state), "--", "true"], cwd=work)
+        assert second.returncode == 125
+        assert (f"{locked}: not deleted: the state could not copy the host's additions in "
+                "at boot: Permission denied") in second.stderr.decode()
+        assert locked.exists()
+    finally:
+        locked.chmod(0o644)
+    assert _tree(work / "new") == {"a": "dir", "a/b": "dir", "a/b/f3": "3\n", "a/f1": "1\n",
+                                   "a/locked": "secret\n", "f2": "2\n"}
