@@ -3,11 +3,12 @@
  * Written back through hostfs, a small new file costs about 40 host system
  * calls made one by one from the UML kernel (lookups of the temporary name
  * and the target, create, write, chmod, utimes, rename: docs/writeback.md).
- * Its data is already on the host, in the scratch image: after one syncfs
- * of the scratch disk, FIEMAP says where. So writeback lists such files
- * (host path, size, mode, mtime, extents), and the mode and times of the
- * dirs holding them (after their files, so that the files' creation does
- * not change the dir's mtime afterwards), in IO/xbatch.<k>; `XB <k>` asks
+ * So writeback lists such files (host path, size, mode, mtime, and the data
+ * itself up to 16 KiB; beyond that, where it lies in the scratch image,
+ * which FIEMAP says after one syncfs of the scratch disk), and the mode and
+ * times of the dirs holding them (after their files, so that the files'
+ * creation does not change the dir's mtime afterwards), in IO/xbatch.<k>;
+ * `XB <k>` asks
  * the host to apply list k in order (hostbatch.py), and the host answers
  * `x <errno> <lines>`: 0 and the number of lines of IO/xbatch.<k>.result
  * ("<index> M" for a file or dir without the setid bits the host refused,
@@ -38,6 +39,7 @@
 
 #define XB_MAX 2048
 #define XB_POOL (1 << 20)
+#define XB_INLINE_MAX (16 << 10)
 
 struct batch {
 	struct {
@@ -102,27 +104,41 @@ static void remember(const char *path, const struct stat *st, int is_dir)
 	b->pool_len += n;
 	b->n++;
 }
-int xb_add_file(const char *path, const char *upper, const struct stat *st, xb_done_fn *done,
-		void *ctx)
+/* A small file goes with its data: reading it costs the guest less than
+ * syncing the scratch disk and asking FIEMAP, and the host reads nothing. */
+static int list_inline(int in, const char *path, const struct stat *st, xb_done_fn *done,
+		       void *ctx)
 {
-	if (!xc_on_scratch(st))
-		return 1;
-	/* Open before make_room(): sending a full batch reports its outcomes,
-	 * and handling them may reuse the buffer `upper` points into. */
-	int in = open(upper, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (in < 0)
-		return 1;
-	if (make_room(path, done, ctx) < 0) {
-		close(in);
-		return 1;
+	static char data[XB_INLINE_MAX + 1];
+	size_t got = 0;
+	for (ssize_t n; got < sizeof(data); got += (size_t)n) {
+		n = read(in, data + got, sizeof(data) - got);
+		if (n < 0)
+			return 1;
+		if (n == 0)
+			break;
 	}
+	if (got != (size_t)st->st_size || make_room(path, done, ctx) < 0)
+		return 1;
+	xc_put_hex(hex, path);
+	fprintf(list, "C %s %lld %u %lld %ld\n", hex, (long long)st->st_size,
+		(unsigned)(st->st_mode & 07777), (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec);
+	fwrite(data, 1, got, list);
+	fputc('\n', list);
+	return 0;
+}
+
+/* A bigger one: where its data lies in the scratch image. */
+static int list_extents(int in, const char *path, const struct stat *st, xb_done_fn *done,
+			void *ctx)
+{
+	if (!xc_on_scratch(st) || make_room(path, done, ctx) < 0)
+		return 1;
 	/* Once per writeback: CMD has exited, so nothing writes the upper
 	 * layer's data any more, and FIEMAP needs no sync per file. On a
 	 * throwaway scratch (nobarrier) this is no host fsync. */
-	if (!synced && syncfs(in) < 0) {
-		close(in);
+	if (!synced && syncfs(in) < 0)
 		return 1;
-	}
 	synced = 1;
 	/* The extents go to a memory buffer first: an unusual one means the
 	 * caller writes this file, and the list must not hold half of it. */
@@ -130,7 +146,6 @@ int xb_add_file(const char *path, const char *upper, const struct stat *st, xb_d
 	size_t text_len = 0;
 	FILE *extents = open_memstream(&text, &text_len);
 	int unusual = !extents || xc_list_extents(in, st->st_size, extents, 0) != 0;
-	close(in);
 	if (extents && fclose(extents) != 0)
 		unusual = 1;
 	if (unusual) {
@@ -145,8 +160,23 @@ int xb_add_file(const char *path, const char *upper, const struct stat *st, xb_d
 		(unsigned)(st->st_mode & 07777), (long long)st->st_mtim.tv_sec,
 		st->st_mtim.tv_nsec, lines, text);
 	free(text);
-	remember(path, st, 0);
 	return 0;
+}
+
+int xb_add_file(const char *path, const char *upper, const struct stat *st, xb_done_fn *done,
+		void *ctx)
+{
+	/* Open before make_room(): sending a full batch reports its outcomes,
+	 * and handling them may reuse the buffer `upper` points into. */
+	int in = open(upper, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (in < 0)
+		return 1;
+	int listed = st->st_size <= XB_INLINE_MAX ? list_inline(in, path, st, done, ctx)
+						  : list_extents(in, path, st, done, ctx);
+	close(in);
+	if (listed == 0)
+		remember(path, st, 0);
+	return listed;
 }
 
 int xb_add_dir(const char *path, const struct stat *st, int set_mode, xb_done_fn *done,

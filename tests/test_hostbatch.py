@@ -41,10 +41,12 @@ class Lines:
 
 def test_parse_batch_records() -> None:
     text = (f"F {b'/w/a'.hex()} 5000 420 7 9 2\n0 8192 4096\n4096 16384 904\n"
+            f"C {b'/w/c'.hex()} 3 384 5 0\na\nb\n"
             f"D {b'/w'.hex()} - 1 2\nD {b'/w/d'.hex()} 1517 3 0\n").encode()
     assert parse_batch(text) == [
         NewFile(b"/w/a", 5000, 0o644, 7 * 10**9 + 9,
                 [Extent(0, 8192, 4096), Extent(4096, 16384, 904)]),
+        NewFile(b"/w/c", 3, 0o600, 5 * 10**9, [], b"a\nb"),
         DirTimes(b"/w", None, 10**9 + 2),
         DirTimes(b"/w/d", 0o2755, 3 * 10**9),
     ]
@@ -54,6 +56,8 @@ def test_parse_batch_records() -> None:
     b"F 2f77 10 420 0 0 1\n0 0 11\n",  # an extent past the end of the file
     b"F 2f77 10 420 0 0 2\n0 0 4\n",  # fewer extent lines than announced
     b"F 2f77 10 70000 0 0 0\n",  # not a mode
+    b"C 2f77 10 420 0 0\nshort\n",  # less data than its size
+    b"C 2f77 2 420 0 0\nabc\n",  # more
     b"D 2f77 - 0 1000000000\n",  # nanoseconds out of range
     b"X 2f77\n",
 ])
@@ -84,11 +88,14 @@ def test_host_applies_a_batch_in_order(tmp_path: Path) -> None:
         f"F {hexpath(work / 'd' / 'old')} {size} 493 2000 0 3\n"
         f"0 {2 * BLOCK} {BLOCK}\n{BLOCK} {3 * BLOCK} {BLOCK}\n{3 * BLOCK} {4 * BLOCK} 4\n"
         f"F {hexpath(work / 'd' / 'empty')} 0 2541 3000 0 0\n"
+        f"C {hexpath(work / 'd' / 'inline')} {2 * BLOCK + 2} 420 5000 0\n"
+    ).encode() + b"x" * BLOCK + bytes(BLOCK) + b"\0y" + (
+        "\n"
         f"F {hexpath(tmp_path / 'outside')} 0 420 0 0 0\n"
         f"F {hexpath(work / 'missing' / 'f')} 0 420 0 0 0\n"
         f"D {hexpath(work / 'd')} 448 4000 7\n"
-    )
-    (run_dir / "xbatch.3").write_text(listing)
+    ).encode()
+    (run_dir / "xbatch.3").write_bytes(listing)
     host_writes = HostWrites(image, run_dir, [os.fsencode(str(work))])
     lines = Lines()
     try:
@@ -98,7 +105,7 @@ def test_host_applies_a_batch_in_order(tmp_path: Path) -> None:
     assert lines.sent == ["x 0 2"]
     assert not (run_dir / "xbatch.3").exists()
     assert (run_dir / "xbatch.3.result").read_text().splitlines() == [
-        f"3 F scope {errno.EPERM}", f"4 F opendir {errno.ENOENT}"]
+        f"4 F scope {errno.EPERM}", f"5 F opendir {errno.ENOENT}"]
     d = work / "d"
     assert (d / "hello").read_bytes() == b"hello\n"
     assert stat.S_IMODE((d / "hello").stat().st_mode) == 0o640
@@ -108,11 +115,14 @@ def test_host_applies_a_batch_in_order(tmp_path: Path) -> None:
     assert old.stat().st_blocks * 512 <= 2 * BLOCK  # the zero block and the hole: unstored
     assert stat.S_IMODE(old.stat().st_mode) == 0o755
     assert stat.S_IMODE((d / "empty").stat().st_mode) == 0o4755  # setuid: the user's own file
+    inline = d / "inline"
+    assert inline.read_bytes() == b"x" * BLOCK + bytes(BLOCK) + b"\0y"
+    assert inline.stat().st_blocks * 512 == 2 * BLOCK  # the zero block is a hole
     assert not (tmp_path / "outside").exists()
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert d.stat().st_mtime_ns == 4000 * 10**9 + 7  # set after the files were made
     assert not [name for name in os.listdir(d) if name.startswith(".umlroot-wb.")]
-    assert host_writes.batches.files == 3
+    assert host_writes.batches.files == 4
 
 
 def test_host_refuses_a_malformed_batch(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ batch k+1; it reads the answer before it sends that one.
 The list, one record after another (paths in hex, as the guest and the host
 see them alike; times in seconds and nanoseconds):
 
-    F <path> <size> <mode> <mtime s> <mtime ns> <n>    a file, then n lines
+    C <path> <size> <mode> <mtime s> <mtime ns>        a small file, then its
+    <size bytes of data>                               data and a newline
+    F <path> <size> <mode> <mtime s> <mtime ns> <n>    a bigger one, then n lines
     <logical> <physical> <length>                      of data extents (bytes)
     D <path> <mode or -> <mtime s> <mtime ns>          a dir's mode and mtime
 
@@ -32,10 +34,10 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from umlroot.guest.hostcopy import TMP_PREFIX, Channel, Extent, ScratchCopier, parse_extent
+from umlroot.guest.hostcopy import BLOCK, TMP_PREFIX, Channel, Extent, ScratchCopier, parse_extent
 
 LIST_PREFIX = "xbatch."
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -50,7 +52,8 @@ class NewFile:
     size: int
     mode: int
     mtime_ns: int
-    extents: list[Extent]
+    extents: list[Extent]  # where the data lies in the scratch image, or
+    data: bytes | None = None  # the data itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +80,45 @@ def _mode(word: bytes) -> int:
     return mode
 
 
+class _Cursor:
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self.at = 0
+
+    def line(self) -> bytes:
+        end = self.text.find(b"\n", self.at)
+        if end < 0:
+            raise ValueError("a record without its newline")
+        line = self.text[self.at:end]
+        self.at = end + 1
+        return line
+
+    def take(self, size: int) -> bytes:
+        if self.text[self.at + size:self.at + size + 1] != b"\n":
+            raise ValueError("data shorter than its size")
+        data = self.text[self.at:self.at + size]
+        self.at += size + 1
+        return data
+
+
 def parse_batch(text: bytes) -> list[Entry]:
     """The guest's list -> entries; ValueError if malformed."""
-    lines: Iterator[bytes] = iter(text.splitlines())
+    cursor = _Cursor(text)
     entries: list[Entry] = []
-    for line in lines:
+    while cursor.at < len(text):
+        line = cursor.line()
         kind, *fields = line.split()
-        if kind == b"F" and len(fields) == 6:
-            path, size, mode, sec, nsec, count = fields
+        if kind in (b"C", b"F") and len(fields) == (5 if kind == b"C" else 6):
+            path, size, mode, sec, nsec = fields[:5]
             size_bytes = int(size)
-            extents = [parse_extent(next(lines, b""), size_bytes) for _ in range(int(count))]
+            if kind == b"C":
+                extents, data = [], cursor.take(size_bytes)
+            else:
+                extents = [parse_extent(cursor.line(), size_bytes)
+                           for _ in range(int(fields[5]))]
+                data = None
             entries.append(NewFile(bytes.fromhex(path.decode()), size_bytes, _mode(mode),
-                                   _nanoseconds(sec, nsec), extents))
+                                   _nanoseconds(sec, nsec), extents, data))
         elif kind == b"D" and len(fields) == 4:
             path, mode, sec, nsec = fields
             entries.append(DirTimes(bytes.fromhex(path.decode()),
@@ -109,6 +139,17 @@ def _set_mtime(file: int | bytes, now: os.stat_result, mtime_ns: int) -> None:
             os.utime(file, ns=(now.st_atime_ns, mtime_ns), follow_symlinks=False)
     except OSError:
         pass
+
+
+def _write_nonzero(out: int, data: bytes) -> None:
+    """Write `data` at offset 0, leaving 4 KiB blocks of zeros as holes (as
+    the guest's sparse copy and the extent copy do)."""
+    view = memoryview(data)
+    for offset in range(0, len(data), BLOCK):
+        end = min(offset + BLOCK, len(data))
+        # bytes.count runs in C; a memoryview's would go element by element.
+        if data.count(0, offset, end) != end - offset:
+            os.pwrite(out, view[offset:end], offset)
 
 
 class StepFailed(Exception):
@@ -241,7 +282,10 @@ class BatchWriter:
     def _fill(self, out: int, entry: NewFile) -> bool:
         """Data, mode, mtime; False if the host dropped setuid/setgid bits."""
         try:
-            self._copier.copy_extents(out, entry.extents)
+            if entry.data is not None:
+                _write_nonzero(out, entry.data)
+            else:
+                self._copier.copy_extents(out, entry.extents)
         except OSError as error:
             raise StepFailed("copy", error) from None
         try:
